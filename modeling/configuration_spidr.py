@@ -1,0 +1,210 @@
+"""Configuration of SpidR models (arXiv 2512.20308)."""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+# The reference recipe's feature extractor: (channels, kernel, stride) per conv layer.
+_DEFAULT_CONV = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+
+
+class SpidRConfig(PretrainedConfig):
+    r"""Configuration of a [`SpidRModel`] / [`SpidRForPreTraining`].
+
+    The defaults give the base SpidR of the paper (about 93M encoder parameters).
+
+    Args:
+        conv_dim, conv_kernel, conv_stride (`list[int]`):
+            Channels, kernel sizes and strides of the waveform feature extractor's Conv1d layers.
+        conv_bias (`bool`): whether those convolutions have a bias.
+        feat_extract_norm (`str`): `"layer_norm"` (a LayerNorm after every conv, SpidR) or
+            `"group_norm"` (GroupNorm after the first conv only, wav2vec2-style checkpoints).
+        hidden_size (`int`): transformer width.
+        num_hidden_layers, num_attention_heads, intermediate_size (`int`): transformer depth,
+            heads and feed-forward width.
+        hidden_act (`str`): activation of the feed-forward block and of the convolutions.
+        qkv_bias (`bool`): whether the fused query/key/value projection has a bias (`True` for
+            DinoSR checkpoints converted from fairseq).
+        num_conv_pos_embeddings (`int`): nominal kernel of the positional convolution; each of
+            the `num_conv_pos_embedding_layers` stacked convs uses
+            `max(3, num_conv_pos_embeddings // num_conv_pos_embedding_layers)`.
+        num_conv_pos_embedding_groups (`int`): groups of the positional convolutions.
+        num_conv_pos_embedding_layers (`int`): depth of the positional convolution stack.
+        layer_norm_eps (`float`): epsilon of every LayerNorm.
+        feat_proj_dropout, hidden_dropout, attention_dropout, activation_dropout (`float`):
+            dropout after the feature projection, on the attention/FFN outputs and the
+            transformer input, on the attention probabilities, inside the FFN.
+        layerdrop (`float`): probability of skipping a whole layer in training (a skipped
+            layer passes its input through and reports a zero before-residual output).
+        num_codebooks (`int`): codebooks, one per layer among the last `num_codebooks` layers.
+        codebook_size (`int`): codewords per codebook.
+        codebook_decay (`float`): EMA decay of the codebook sums and counts.
+        head_input (`str`): `"before_residual"` (SpidR: head i reads the student's FFN output
+            of the layer that feeds codebook i) or `"last_hidden_state"` (DinoSR: every head
+            reads the final output).
+        ema_schedule (`str`): `"spidr"` (exponential approach to 1) or `"dinosr"` (linear).
+        ema_start_decay, ema_final_decay, ema_final_step, ema_timescale, ema_threshold:
+            constants of the teacher EMA schedules (see `SpidRForPreTraining.ema_decay`).
+        ema_frozen_step (`int`): DinoSR only: the step from which the teacher is frozen.
+        freeze_feature_encoder_step (`int`): step from which the feature extractor and
+            projection are frozen.
+        codebook_backend (`str`): `"auto"`, `"triton"` or `"torch"`: the implementation of
+            codebook assignment and the head loss in [`SpidRForPreTraining`].
+    """
+
+    model_type = "spidr"
+
+    def __init__(
+        self,
+        conv_dim: list[int] | tuple[int, ...] = tuple(c for c, _, _ in _DEFAULT_CONV),
+        conv_kernel: list[int] | tuple[int, ...] = tuple(k for _, k, _ in _DEFAULT_CONV),
+        conv_stride: list[int] | tuple[int, ...] = tuple(s for _, _, s in _DEFAULT_CONV),
+        conv_bias: bool = False,
+        feat_extract_norm: str = "layer_norm",
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        qkv_bias: bool = False,
+        num_conv_pos_embeddings: int = 95,
+        num_conv_pos_embedding_groups: int = 16,
+        num_conv_pos_embedding_layers: int = 5,
+        layer_norm_eps: float = 1e-5,
+        feat_proj_dropout: float = 0.1,
+        hidden_dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        activation_dropout: float = 0.0,
+        layerdrop: float = 0.0,
+        num_codebooks: int = 8,
+        codebook_size: int = 256,
+        codebook_decay: float = 0.9,
+        head_input: str = "before_residual",
+        ema_schedule: str = "spidr",
+        ema_start_decay: float = 0.999,
+        ema_final_decay: float = 0.9999,
+        ema_final_step: int = 30_000,
+        ema_timescale: float = 20_000.0,
+        ema_threshold: float = 1e-7,
+        ema_frozen_step: int = 200_000,
+        freeze_feature_encoder_step: int = 200_000,
+        codebook_backend: str = "auto",
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.conv_dim = list(conv_dim)
+        self.conv_kernel = list(conv_kernel)
+        self.conv_stride = list(conv_stride)
+        self.conv_bias = conv_bias
+        self.feat_extract_norm = feat_extract_norm
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.qkv_bias = qkv_bias
+        self.num_conv_pos_embeddings = num_conv_pos_embeddings
+        self.num_conv_pos_embedding_groups = num_conv_pos_embedding_groups
+        self.num_conv_pos_embedding_layers = num_conv_pos_embedding_layers
+        self.layer_norm_eps = layer_norm_eps
+        self.feat_proj_dropout = feat_proj_dropout
+        self.hidden_dropout = hidden_dropout
+        self.attention_dropout = attention_dropout
+        self.activation_dropout = activation_dropout
+        self.layerdrop = layerdrop
+        self.num_codebooks = num_codebooks
+        self.codebook_size = codebook_size
+        self.codebook_decay = codebook_decay
+        self.head_input = head_input
+        self.ema_schedule = ema_schedule
+        self.ema_start_decay = ema_start_decay
+        self.ema_final_decay = ema_final_decay
+        self.ema_final_step = ema_final_step
+        self.ema_timescale = ema_timescale
+        self.ema_threshold = ema_threshold
+        self.ema_frozen_step = ema_frozen_step
+        self.freeze_feature_encoder_step = freeze_feature_encoder_step
+        self.codebook_backend = codebook_backend
+        self.initializer_range = initializer_range
+        self._validate()
+
+    def _validate(self) -> None:
+        if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride):
+            raise ValueError(
+                "conv_dim, conv_kernel and conv_stride must have one entry per conv layer, got "
+                f"{len(self.conv_dim)}, {len(self.conv_kernel)} and {len(self.conv_stride)}."
+            )
+        if self.feat_extract_norm not in {"layer_norm", "group_norm"}:
+            raise ValueError(f"feat_extract_norm must be 'layer_norm' or 'group_norm', got {self.feat_extract_norm!r}.")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})."
+            )
+        if not 0 < self.num_codebooks <= self.num_hidden_layers:
+            raise ValueError(
+                f"num_codebooks must be between 1 and num_hidden_layers ({self.num_hidden_layers}), "
+                f"got {self.num_codebooks}: there is one codebook per layer among the last layers."
+            )
+        if self.head_input not in {"before_residual", "last_hidden_state"}:
+            raise ValueError(
+                f"head_input must be 'before_residual' (SpidR) or 'last_hidden_state' (DinoSR), got {self.head_input!r}."
+            )
+        if self.ema_schedule not in {"spidr", "dinosr"}:
+            raise ValueError(f"ema_schedule must be 'spidr' or 'dinosr', got {self.ema_schedule!r}.")
+        if self.codebook_backend not in {"auto", "triton", "torch"}:
+            raise ValueError(f"codebook_backend must be 'auto', 'triton' or 'torch', got {self.codebook_backend!r}.")
+
+    @property
+    def num_feat_extract_layers(self) -> int:
+        return len(self.conv_dim)
+
+    @property
+    def pos_conv_kernel(self) -> int:
+        """Kernel of each stacked positional convolution."""
+        return max(3, self.num_conv_pos_embeddings // self.num_conv_pos_embedding_layers)
+
+    @property
+    def codebook_layers(self) -> list[int]:
+        """1-based encoder layers whose outputs feed the codebooks (the last `num_codebooks`)."""
+        return list(range(self.num_hidden_layers - self.num_codebooks + 1, self.num_hidden_layers + 1))
+
+    @property
+    def inputs_to_logits_ratio(self) -> int:
+        """Samples per output frame (320 for the default feature extractor)."""
+        ratio = 1
+        for stride in self.conv_stride:
+            ratio *= stride
+        return ratio
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples seen by one output frame (400 for the default feature extractor)."""
+        field = 1
+        for kernel, stride in zip(reversed(self.conv_kernel), reversed(self.conv_stride), strict=True):
+            field = (field - 1) * stride + kernel
+        return field
+
+    @classmethod
+    def tiny(cls, **kwargs) -> SpidRConfig:
+        """A small SpidR that learns something on a laptop CPU in minutes (demo and tests)."""
+        defaults = dict(
+            conv_dim=[64] * 7,
+            hidden_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=256,
+            num_conv_pos_embeddings=95,
+            num_conv_pos_embedding_groups=8,
+            num_codebooks=2,
+            codebook_size=64,
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+            ema_timescale=2_000.0,
+        )
+        defaults.update(kwargs)
+        return cls(**defaults)
+
+
+__all__ = ["SpidRConfig"]

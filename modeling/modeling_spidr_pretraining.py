@@ -1,0 +1,271 @@
+"""SpidR pretraining model: student, EMA teacher, online codebooks and prediction heads."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from ..kernels import codebook_assign, codebook_head_loss
+from .configuration_spidr import SpidRConfig
+from .modeling_spidr import SpidREncoder, SpidRModel, SpidRPreTrainedModel, _torch_default_init
+
+_INSTANCE_NORM_EPS = 1e-5
+
+
+@dataclass
+class SpidRForPreTrainingOutput(ModelOutput):
+    """Outputs of [`SpidRForPreTraining`].
+
+    Args:
+        loss (`torch.FloatTensor`, scalar): mean of `frame_losses` over the masked frames.
+        frame_losses (`torch.FloatTensor` of shape `(num_masked,)`): per masked frame (row-major
+            order of `mask_time_indices`), the mean over codebooks of the heads' cross-entropy
+            against the teacher's codeword labels.
+        target_perplexity (`torch.FloatTensor`, scalar): `2^H` of the batch-averaged one-hot
+            targets, averaged over codebooks (collapse shows as a value near 1).
+        prediction_perplexity (`torch.FloatTensor`, scalar): the same for the heads' batch-averaged
+            predicted distributions.
+        teacher_labels (`torch.LongTensor` of shape `(num_codebooks, num_masked)`): nearest
+            codeword of each masked teacher frame, per codebook.
+        num_masked (`torch.LongTensor`, scalar): masked frames in this batch (on this rank).
+    """
+
+    loss: torch.FloatTensor | None = None
+    frame_losses: torch.FloatTensor | None = None
+    target_perplexity: torch.FloatTensor | None = None
+    prediction_perplexity: torch.FloatTensor | None = None
+    teacher_labels: torch.LongTensor | None = None
+    num_masked: torch.LongTensor | None = None
+
+
+class SpidRForPreTraining(SpidRPreTrainedModel):
+    """SpidR (or DinoSR) masked self-distillation with an EMA teacher and online codebooks.
+
+    Submodules: `spidr` (the student [`SpidRModel`], whose feature extractor and projection the
+    teacher shares), `teacher` (an [`SpidREncoder`] updated only by [`ema_step`]),
+    `mask_embedding`, `heads` (one Linear per codebook). Buffers `codebook_sums`
+    `(num_codebooks, codebook_size, hidden_size)` and `codebook_counts`
+    `(num_codebooks, codebook_size)` hold the codebooks (codeword means are sums / counts);
+    `current_step` counts the teacher's EMA steps.
+    """
+
+    def __init__(self, config: SpidRConfig):
+        super().__init__(config)
+        self.spidr = SpidRModel(config)
+        self.teacher = SpidREncoder(config)
+        self.teacher.requires_grad_(False)
+        self.mask_embedding = nn.Parameter(torch.empty(config.hidden_size))
+        self.heads = nn.ModuleList(
+            nn.Linear(config.hidden_size, config.codebook_size) for _ in range(config.num_codebooks)
+        )
+        self.register_buffer(
+            "codebook_sums", torch.empty(config.num_codebooks, config.codebook_size, config.hidden_size)
+        )
+        self.register_buffer("codebook_counts", torch.empty(config.num_codebooks, config.codebook_size))
+        self.register_buffer("current_step", torch.zeros((), dtype=torch.long))
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if module is self:
+            init.uniform_(self.mask_embedding, 0.0, 1.0)
+            for head in self.heads:
+                _torch_default_init(head)
+            init.copy_(self.codebook_sums, _initial_codebooks(self.config))
+            init.ones_(self.codebook_counts)
+            # the teacher starts with the student's positional convolutions (and the EMA keeps copying them)
+            for teacher_p, student_p in zip(
+                self.teacher.pos_conv_embed.parameters(), self.spidr.encoder.pos_conv_embed.parameters(), strict=True
+            ):
+                init.copy_(teacher_p, student_p)
+
+    def train(self, mode: bool = True) -> SpidRForPreTraining:
+        super().train(mode)
+        self.teacher.eval()  # the teacher gives targets: never dropout or layer drop
+        return self
+
+    @property
+    def codewords(self) -> torch.Tensor:
+        """Codeword means `(num_codebooks, codebook_size, hidden_size)`."""
+        return self.codebook_sums / self.codebook_counts[..., None]
+
+    # ----------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        mask_time_indices: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SpidRForPreTrainingOutput | tuple:
+        r"""
+        Args:
+            input_values (`torch.FloatTensor` of shape `(batch, samples)`): standardised 16 kHz audio.
+            mask_time_indices (`torch.BoolTensor` of shape `(batch, frames)`): frames whose student
+                input is replaced by the mask embedding and that are scored. Required.
+            attention_mask (`torch.LongTensor` of shape `(batch, samples)`, *optional*): 1 on real samples.
+
+        In training mode, the codebooks are updated (after assignment) from this batch's masked
+        teacher frames, summed over data-parallel ranks.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if mask_time_indices is None:
+            raise ValueError(
+                "SpidRForPreTraining needs `mask_time_indices` (batch, frames): the frames to mask and predict. "
+                "Build them with spidr_hf.training.compute_span_mask or use SpidRModel for features."
+            )
+        features = self.spidr.project_features(input_values)
+        frame_mask = None
+        if attention_mask is not None:
+            frame_mask = self._get_feature_vector_attention_mask(features.shape[1], attention_mask)
+        if mask_time_indices.shape != features.shape[:2]:
+            raise ValueError(
+                f"mask_time_indices has shape {tuple(mask_time_indices.shape)} but the audio gives "
+                f"{tuple(features.shape[:2])} (batch, frames)."
+            )
+        mask = mask_time_indices.bool()
+        if frame_mask is not None:
+            mask = mask & frame_mask
+
+        student_input = self.spidr.feat_proj_dropout(features)
+        student_input = torch.where(mask[..., None], self.mask_embedding.to(student_input.dtype), student_input)
+        student = self.spidr.encoder(student_input, frame_mask, output_before_residual=True)
+        targets = self._teacher_targets(features.detach(), frame_mask, mask)
+
+        assignment = codebook_assign(targets, self.codewords.float(), backend=self.config.codebook_backend)
+        if self.training:
+            self._update_codebooks(assignment.counts, assignment.sums)
+
+        if self.config.head_input == "before_residual":
+            head_inputs = [student.before_residual_states[layer - 1] for layer in self.config.codebook_layers]
+        else:
+            head_inputs = [student.last_hidden_state] * self.config.num_codebooks
+        logits = torch.stack([head(x[mask]) for head, x in zip(self.heads, head_inputs, strict=True)])
+        losses, prob_sums = codebook_head_loss(logits, assignment.labels, backend=self.config.codebook_backend)
+        frame_losses = losses.mean(0)
+        num_masked = frame_losses.shape[0]
+        output = SpidRForPreTrainingOutput(
+            loss=frame_losses.mean(),
+            frame_losses=frame_losses,
+            target_perplexity=_perplexity(assignment.counts / max(num_masked, 1)),
+            prediction_perplexity=_perplexity(prob_sums / max(num_masked, 1)),
+            teacher_labels=assignment.labels,
+            num_masked=torch.tensor(num_masked, device=frame_losses.device),
+        )
+        return output if return_dict else output.to_tuple()
+
+    @torch.no_grad()
+    def _teacher_targets(
+        self, features: torch.Tensor, frame_mask: torch.Tensor | None, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Instance-normalised before-residual outputs of the teacher's codebook layers at masked frames: (C, N, D) fp32."""
+        teacher = self.teacher(features, frame_mask, output_before_residual=True)
+        targets = []
+        for layer in self.config.codebook_layers:
+            normed = _masked_instance_norm(teacher.before_residual_states[layer - 1].float(), frame_mask)
+            targets.append(normed[mask])
+        return torch.stack(targets)
+
+    @torch.no_grad()
+    def _update_codebooks(self, counts: torch.Tensor, sums: torch.Tensor) -> None:
+        """EMA of the codebook counts and sums, for codewords assigned at least one frame."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # one collective for every codebook's statistics
+            stats = torch.cat([counts[..., None], sums], dim=-1)
+            dist.all_reduce(stats)
+            counts, sums = stats[..., 0], stats[..., 1:]
+        decay = self.config.codebook_decay
+        used = counts > 0
+        new_counts = decay * self.codebook_counts + (1 - decay) * counts
+        new_sums = decay * self.codebook_sums + (1 - decay) * sums
+        self.codebook_counts.copy_(torch.where(used, new_counts, self.codebook_counts))
+        self.codebook_sums.copy_(torch.where(used[..., None], new_sums, self.codebook_sums))
+
+    # ------------------------------------------------------------------------- teacher EMA
+    def ema_decay(self, step: int | None = None) -> float:
+        """Teacher EMA decay at optimizer step `step` (default: `current_step`)."""
+        step = int(self.current_step) if step is None else step
+        cfg = self.config
+        if cfg.ema_schedule == "spidr":
+            remaining = (1 - cfg.ema_start_decay) * math.exp(-step / cfg.ema_timescale)
+            return 1.0 if remaining <= cfg.ema_threshold else 1.0 - remaining
+        if step >= cfg.ema_frozen_step:
+            return 1.0
+        if step >= cfg.ema_final_step:
+            return cfg.ema_final_decay
+        return cfg.ema_start_decay + (cfg.ema_final_decay - cfg.ema_start_decay) * step / cfg.ema_final_step
+
+    @torch.no_grad()
+    def ema_step(self) -> float:
+        """Move the teacher towards the student after an optimizer step; returns the decay used.
+
+        Teacher parameters follow `t <- t + (1 - d)(s - t)`, except the positional convolution,
+        which is copied from the student. Call it on the unwrapped model, once per optimizer step.
+        """
+        decay = self.ema_decay()
+        student = self.spidr.encoder
+        if decay < 1.0:
+            teacher_params, student_params = [], []
+            for (name, t), s in zip(self.teacher.named_parameters(), student.parameters(), strict=True):
+                if not name.startswith("pos_conv_embed."):
+                    teacher_params.append(t)
+                    student_params.append(s.detach().to(t.dtype))
+            torch._foreach_lerp_(teacher_params, student_params, 1.0 - decay)
+        for t, s in zip(self.teacher.pos_conv_embed.parameters(), student.pos_conv_embed.parameters(), strict=True):
+            t.copy_(s)
+        self.current_step += 1
+        return decay
+
+    def freeze_feature_encoder(self) -> None:
+        """Stop training the shared feature extractor and projection (the recipe does it at `freeze_feature_encoder_step`)."""
+        self.spidr.freeze_feature_encoder()
+
+    # ---------------------------------------------------------------------------- units
+    @torch.no_grad()
+    def predict_codebooks(
+        self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> dict[int, torch.Tensor]:
+        """The student heads' probabilities `(batch, frames, codebook_size)` per codebook layer (1-based), unmasked input."""
+        out = self.spidr(input_values, attention_mask=attention_mask, output_hidden_states=True)
+        if self.config.head_input == "before_residual":
+            inputs = {layer: out.before_residual_states[layer - 1] for layer in self.config.codebook_layers}
+        else:
+            inputs = {layer: out.last_hidden_state for layer in self.config.codebook_layers}
+        return {
+            layer: F.softmax(head(inputs[layer]).float(), dim=-1)
+            for layer, head in zip(self.config.codebook_layers, self.heads, strict=True)
+        }
+
+
+def _masked_instance_norm(x: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+    """Normalise (batch, frames, channels) to zero mean, unit variance over valid frames, per utterance and channel."""
+    if frame_mask is None:
+        return F.instance_norm(x.transpose(1, 2), eps=_INSTANCE_NORM_EPS).transpose(1, 2)
+    weight = frame_mask[..., None].to(x.dtype)
+    count = weight.sum(1, keepdim=True).clamp_min(1)
+    mean = (x * weight).sum(1, keepdim=True) / count
+    var = ((x - mean) ** 2 * weight).sum(1, keepdim=True) / count
+    return (x - mean) / torch.sqrt(var + _INSTANCE_NORM_EPS)
+
+
+def _perplexity(distributions: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of 2^H(p) for (num_codebooks, codebook_size) probability rows."""
+    entropy = -torch.special.xlogy(distributions, distributions).sum(-1) / math.log(2)
+    return torch.exp2(entropy).mean()
+
+
+def _initial_codebooks(config: SpidRConfig) -> torch.Tensor:
+    """Codebook sums at start: (D x K) normals standardised along K per row, transposed to (K x D)."""
+    sums = torch.randn(config.num_codebooks, config.hidden_size, config.codebook_size)
+    sums = (sums - sums.mean(-1, keepdim=True)) / sums.std(-1, keepdim=True)
+    return sums.transpose(1, 2).contiguous()
+
+
+__all__ = ["SpidRForPreTraining", "SpidRForPreTrainingOutput"]

@@ -1,0 +1,35 @@
+"""spidr-hf: the SpidR self-supervised speech model as a transformers model.
+
+Importing this package registers ``model_type="spidr"`` with ``AutoConfig``, ``AutoModel``,
+``AutoModelForPreTraining`` and ``AutoFeatureExtractor``.
+"""
+
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
+
+from .modeling import (
+    SpidRConfig,
+    SpidRFeatureExtractor,
+    SpidRForPreTraining,
+    SpidRForPreTrainingOutput,
+    SpidRModel,
+    SpidRModelOutput,
+    SpidRPreTrainedModel,
+)
+
+__version__ = "0.1.0"
+
+AutoConfig.register("spidr", SpidRConfig, exist_ok=True)
+AutoModel.register(SpidRConfig, SpidRModel, exist_ok=True)
+AutoModelForPreTraining.register(SpidRConfig, SpidRForPreTraining, exist_ok=True)
+AutoFeatureExtractor.register(SpidRConfig, SpidRFeatureExtractor, exist_ok=True)
+
+__all__ = [
+    "SpidRConfig",
+    "SpidRFeatureExtractor",
+    "SpidRForPreTraining",
+    "SpidRForPreTrainingOutput",
+    "SpidRModel",
+    "SpidRModelOutput",
+    "SpidRPreTrainedModel",
+    "__version__",
+]
