@@ -316,28 +316,37 @@ class SpidRPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["SpidREncoderLayer"]
 
     def _init_weights(self, module: nn.Module) -> None:
-        """SpidR's initialisation: see SPIDR.md, 'Initialisation of a fresh model'."""
-        if isinstance(module, SpidRAttention):
-            init.xavier_uniform_(module.qkv.weight, gain=2**-0.5)
-            if module.qkv.bias is not None:
-                init.zeros_(module.qkv.bias)
-            init.xavier_uniform_(module.out_proj.weight)
-            init.zeros_(module.out_proj.bias)
-        elif isinstance(module, SpidRFeedForward):
-            for linear in (module.intermediate_dense, module.output_dense):
-                init.normal_(linear.weight, mean=0.0, std=self.config.initializer_range)
-                init.zeros_(linear.bias)
-        elif isinstance(module, SpidRConvLayer):
-            init.kaiming_normal_(module.conv.weight)
-            if module.conv.bias is not None:
-                init.zeros_(module.conv.bias)
-        elif isinstance(module, (SpidRFeatureProjection, SpidRPositionalConvEmbedding)):
-            for child in module.modules():
-                if isinstance(child, (nn.Linear, nn.Conv1d)):
-                    _torch_default_init(child)
+        """SpidR's initialisation (SPIDR.md, 'Initialisation of a fresh model').
+
+        transformers calls this on each module that holds parameters, so the rule is chosen
+        from the module's place in the model (its qualified name).
+        """
+        name = self._module_names().get(id(module), "")
+        if isinstance(module, nn.Linear):
+            if name.endswith("attention.qkv"):
+                init.xavier_uniform_(module.weight, gain=2**-0.5)
+            elif name.endswith("attention.out_proj"):
+                init.xavier_uniform_(module.weight)
+            elif ".layers." in name:  # the feed-forward Linears of every encoder layer
+                init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            else:  # feature projection and prediction heads keep PyTorch's default
+                _torch_default_init(module)
+                return
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv1d):
+            if "pos_conv_embed" in name:
+                _torch_default_init(module)
+            else:
+                init.kaiming_normal_(module.weight)
+                if module.bias is not None:
+                    init.zeros_(module.bias)
         elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)) and module.weight is not None:
             init.ones_(module.weight)
             init.zeros_(module.bias)
+
+    def _module_names(self) -> dict[int, str]:
+        return {id(m): name for name, m in self.named_modules()}
 
     def _get_feat_extract_output_lengths(self, input_lengths: torch.Tensor | int) -> torch.Tensor | int:
         """Frames produced by the feature extractor for `input_lengths` samples."""

@@ -14,7 +14,7 @@ from transformers.utils import ModelOutput
 
 from ..kernels import codebook_assign, codebook_head_loss
 from .configuration_spidr import SpidRConfig
-from .modeling_spidr import SpidREncoder, SpidRModel, SpidRPreTrainedModel, _torch_default_init
+from .modeling_spidr import SpidREncoder, SpidRModel, SpidRPreTrainedModel
 
 _INSTANCE_NORM_EPS = 1e-5
 
@@ -76,8 +76,6 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
         super()._init_weights(module)
         if module is self:
             init.uniform_(self.mask_embedding, 0.0, 1.0)
-            for head in self.heads:
-                _torch_default_init(head)
             init.copy_(self.codebook_sums, _initial_codebooks(self.config))
             init.ones_(self.codebook_counts)
             # the teacher starts with the student's positional convolutions (and the EMA keeps copying them)

@@ -1,0 +1,189 @@
+"""Behaviour of the SpidR model classes on random weights (no reference numbers needed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spidr_hf import SpidRConfig, SpidRForPreTraining, SpidRModel
+
+
+def _audio(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    waves = torch.zeros(len(lengths), max(lengths))
+    for i, n in enumerate(lengths):
+        waves[i, :n] = torch.randn(n, generator=gen)
+    mask = (torch.arange(waves.shape[1])[None] < torch.tensor(lengths)[:, None]).long()
+    return waves, mask
+
+
+def test_default_config_is_base_spidr():
+    config = SpidRConfig()
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (768, 12, 12)
+    assert config.pos_conv_kernel == 19
+    assert config.inputs_to_logits_ratio == 320 and config.receptive_field == 400
+    assert config.codebook_layers == list(range(5, 13))
+    with torch.device("meta"):
+        encoder = SpidRModel(config)
+        pretraining = SpidRForPreTraining(config)
+    assert 92e6 < encoder.num_parameters() < 95e6
+    assert 180e6 < pretraining.num_parameters() < 186e6
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(hidden_size=30, num_attention_heads=4), "divisible"),
+        (dict(num_codebooks=20), "num_codebooks"),
+        (dict(head_input="middle"), "head_input"),
+        (dict(conv_kernel=[10, 3]), "one entry per conv layer"),
+        (dict(codebook_backend="cuda"), "codebook_backend"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SpidRConfig(**kwargs)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_padded_batch_equals_single_utterances(tiny_config, attn_implementation):
+    torch.manual_seed(0)
+    model = SpidRModel(tiny_config).eval()
+    model.set_attn_implementation(attn_implementation)
+    lengths = [16000, 9000, 4321]
+    waves, mask = _audio(lengths)
+    with torch.no_grad():
+        batch = model(waves, attention_mask=mask, output_hidden_states=True)
+        for b, n in enumerate(lengths):
+            single = model(waves[b : b + 1, :n], output_hidden_states=True)
+            frames = single.last_hidden_state.shape[1]
+            assert batch.frame_attention_mask[b].sum() == frames
+            for got, want in zip(batch.before_residual_states, single.before_residual_states, strict=True):
+                torch.testing.assert_close(got[b, :frames], want[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(batch.last_hidden_state[b, :frames], single.last_hidden_state[0], atol=1e-5, rtol=0)
+
+
+def test_sdpa_equals_eager(tiny_config):
+    torch.manual_seed(0)
+    model = SpidRModel(tiny_config).eval()
+    waves, mask = _audio([8000, 6000])
+    outputs = {}
+    for impl in ("eager", "sdpa"):
+        model.set_attn_implementation(impl)
+        with torch.no_grad():
+            outputs[impl] = model(waves, attention_mask=mask).last_hidden_state
+    valid = model._get_feature_vector_attention_mask(outputs["eager"].shape[1], mask)
+    torch.testing.assert_close(outputs["sdpa"][valid], outputs["eager"][valid], atol=1e-5, rtol=0)
+
+
+def test_sdpa_is_the_default(tiny_config):
+    assert SpidRModel(tiny_config).config._attn_implementation == "sdpa"
+
+
+def test_outputs_shapes_and_attentions(tiny_config):
+    model = SpidRModel(tiny_config).eval()
+    model.set_attn_implementation("eager")
+    waves, _ = _audio([3200])
+    out = model(waves, output_hidden_states=True, output_attentions=True)
+    frames = 9  # (3200 - 400) // 320 + 1
+    assert out.last_hidden_state.shape == (1, frames, 32)
+    assert len(out.hidden_states) == tiny_config.num_hidden_layers + 1
+    assert len(out.before_residual_states) == tiny_config.num_hidden_layers
+    assert out.attentions[0].shape == (1, 4, frames, frames)
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(1, 4, frames))
+    assert model(waves).hidden_states is None
+    assert isinstance(model(waves, return_dict=False), tuple)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # renamed activation_checkpointing in newer releases
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_config):
+    torch.manual_seed(0)
+    model = SpidRModel(tiny_config).train()
+    waves, _ = _audio([6400])
+    model(waves).last_hidden_state.square().mean().backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    assert model.encoder.layers[0].gradient_checkpointing
+    model(waves).last_hidden_state.square().mean().backward()
+    for want, p in zip(plain, model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, want, atol=1e-6, rtol=1e-5)
+
+
+def test_compiles_without_graph_breaks(tiny_config):
+    model = SpidRModel(tiny_config).eval()
+    waves, mask = _audio([4800, 4000])
+    compiled = torch.compile(model, fullgraph=True, backend="eager")  # fullgraph: a graph break raises
+    with torch.no_grad():
+        want = model(waves, attention_mask=mask).last_hidden_state
+        got = compiled(waves, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inference(tiny_config, dtype):
+    torch.manual_seed(0)
+    model = SpidRModel(tiny_config).eval()
+    waves, mask = _audio([8000, 5000])
+    with torch.no_grad():
+        want = model(waves, attention_mask=mask).last_hidden_state
+        half = model.to(dtype)
+        got = half(waves.to(dtype), attention_mask=mask).last_hidden_state
+    assert got.dtype == dtype
+    valid = half._get_feature_vector_attention_mask(want.shape[1], mask)
+    assert torch.isfinite(got).all()
+    # post-LN outputs are O(1): half precision stays within a few percent
+    assert (got.float()[valid] - want[valid]).abs().mean() < 0.05
+
+
+def test_input_must_be_batched_waveforms(tiny_config):
+    model = SpidRModel(tiny_config)
+    with pytest.raises(ValueError, match=r"\(batch, samples\)"):
+        model(torch.randn(3, 1, 4000))
+
+
+def test_pretraining_needs_a_mask(tiny_config):
+    model = SpidRForPreTraining(tiny_config)
+    with pytest.raises(ValueError, match="mask_time_indices"):
+        model(torch.randn(1, 4000))
+    with pytest.raises(ValueError, match="mask_time_indices has shape"):
+        model(torch.randn(1, 4000), mask_time_indices=torch.ones(1, 3, dtype=torch.bool))
+
+
+def test_fresh_pretraining_model_initialisation(tiny_config):
+    torch.manual_seed(0)
+    model = SpidRForPreTraining(tiny_config)
+    student, teacher = model.spidr.encoder, model.teacher
+    # positional convolutions and LayerNorms start equal, Linear weights differ
+    for s, t in zip(student.pos_conv_embed.parameters(), teacher.pos_conv_embed.parameters(), strict=True):
+        assert torch.equal(s, t)
+    assert torch.equal(student.layers[0].layer_norm.weight, teacher.layers[0].layer_norm.weight)
+    assert not torch.equal(student.layers[0].attention.qkv.weight, teacher.layers[0].attention.qkv.weight)
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert ((model.mask_embedding >= 0) & (model.mask_embedding <= 1)).all()
+    torch.testing.assert_close(model.codebook_counts, torch.ones_like(model.codebook_counts))
+    per_row = model.codebook_sums.transpose(1, 2)  # (C, D, K): standardised along K
+    torch.testing.assert_close(per_row.mean(-1), torch.zeros_like(per_row.mean(-1)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(per_row.std(-1), torch.ones_like(per_row.std(-1)), atol=1e-5, rtol=0)
+    ffn = student.layers[0].feed_forward.intermediate_dense
+    assert abs(ffn.weight.std().item() - 0.02) < 0.005 and torch.equal(ffn.bias, torch.zeros_like(ffn.bias))
+
+
+def test_teacher_stays_in_eval_mode(tiny_config):
+    model = SpidRForPreTraining(tiny_config).train()
+    assert model.spidr.training and not model.teacher.training
+
+
+def test_pretraining_backward_reaches_student_not_teacher(tiny_config):
+    torch.manual_seed(0)
+    model = SpidRForPreTraining(tiny_config).train()
+    waves, _ = _audio([8000, 8000])
+    frames = model._get_feat_extract_output_lengths(8000)
+    mask = torch.zeros(2, frames, dtype=torch.bool)
+    mask[:, 3:15] = True
+    out = model(waves, mask_time_indices=mask)
+    assert out.frame_losses.shape == (24,) and out.num_masked == 24
+    out.loss.backward()
+    assert model.mask_embedding.grad is not None and model.heads[0].weight.grad is not None
+    assert model.spidr.feature_extractor.conv_layers[0].conv.weight.grad is not None
+    assert all(p.grad is None for p in model.teacher.parameters())
