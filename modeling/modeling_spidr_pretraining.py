@@ -70,6 +70,9 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
         )
         self.register_buffer("codebook_counts", torch.empty(config.num_codebooks, config.codebook_size))
         self.register_buffer("current_step", torch.zeros((), dtype=torch.long))
+        # With gradient accumulation, codebook statistics wait for the optimizer step (see apply_codebook_update).
+        self.defer_codebook_update = False
+        self._pending_codebook_stats: torch.Tensor | None = None
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -139,7 +142,7 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
 
         assignment = codebook_assign(targets, self.codewords.float(), backend=self.config.codebook_backend)
         if self.training:
-            self._update_codebooks(assignment.counts, assignment.sums)
+            self._record_codebook_stats(assignment.counts, assignment.sums)
 
         if self.config.head_input == "before_residual":
             head_inputs = [student.before_residual_states[layer - 1] for layer in self.config.codebook_layers]
@@ -172,13 +175,34 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
         return torch.stack(targets)
 
     @torch.no_grad()
+    def _record_codebook_stats(self, counts: torch.Tensor, sums: torch.Tensor) -> None:
+        stats = torch.cat([counts[..., None], sums], dim=-1)  # (C, K, 1 + D): one tensor, one collective
+        if self._pending_codebook_stats is None:
+            self._pending_codebook_stats = stats
+        else:
+            self._pending_codebook_stats += stats
+        if not self.defer_codebook_update:
+            self.apply_codebook_update()
+
+    @torch.no_grad()
+    def apply_codebook_update(self) -> None:
+        """Apply the codebook EMA from the statistics gathered since the last call.
+
+        A training-mode forward calls it itself, unless `defer_codebook_update` is set: then the
+        trainer calls it once per optimizer step, so that micro-batches of one step all see the
+        same codebooks (gradient accumulation equals one large batch). The statistics are
+        summed over data-parallel ranks first, in one collective.
+        """
+        stats, self._pending_codebook_stats = self._pending_codebook_stats, None
+        if stats is None:
+            return
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(stats)
+        self._update_codebooks(stats[..., 0], stats[..., 1:])
+
+    @torch.no_grad()
     def _update_codebooks(self, counts: torch.Tensor, sums: torch.Tensor) -> None:
         """EMA of the codebook counts and sums, for codewords assigned at least one frame."""
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            # one collective for every codebook's statistics
-            stats = torch.cat([counts[..., None], sums], dim=-1)
-            dist.all_reduce(stats)
-            counts, sums = stats[..., 0], stats[..., 1:]
         decay = self.config.codebook_decay
         used = counts > 0
         new_counts = decay * self.codebook_counts + (1 - decay) * counts
