@@ -1,0 +1,83 @@
+"""Backend selection shared by the fused codebook kernels.
+
+``backend="auto"`` runs the Triton kernels on CUDA tensors when Triton is importable and the
+plain-PyTorch reference everywhere else. ``backend="triton"`` forces the kernels: on CUDA they are
+compiled, on CPU tensors they run in Triton's interpreter, which only works when ``TRITON_INTERPRET=1``
+was in the environment before ``triton`` was first imported (Triton fixes the mode of every
+``@triton.jit`` function, its own standard library included, at import time).
+``backend="torch"`` forces the reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Literal
+
+import torch
+
+Backend = Literal["auto", "triton", "torch"]
+BACKENDS: tuple[str, ...] = ("auto", "triton", "torch")
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether the ``triton`` package can be imported (it is optional: CPU-only installs lack it)."""
+    try:
+        import triton  # noqa: F401
+    except Exception:  # ImportError, or a broken install raising at import
+        return False
+    return True
+
+
+def triton_interpreting() -> bool:
+    """Whether Triton was imported in interpreter mode, so its kernels can run on CPU tensors."""
+    if not triton_available():
+        return False
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+
+    # ``tl.sum`` is itself a @triton.jit function: its type tells which mode Triton was imported in.
+    return isinstance(tl.sum, InterpretedFunction)
+
+
+def resolve_backend(backend: str, device: torch.device) -> Literal["triton", "torch"]:
+    """Pick the implementation for tensors on ``device``; raise a clear error when forcing is impossible."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return "torch"
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if not triton_available():
+        raise RuntimeError(
+            "backend='triton' needs the triton package, which is not importable here; "
+            "install it (pip install triton) or pass backend='torch'"
+        )
+    if device.type == "cuda" or triton_interpreting():
+        return "triton"
+    if device.type == "cpu":
+        raise RuntimeError(
+            "backend='triton' on CPU tensors runs in Triton's interpreter, which needs TRITON_INTERPRET=1 "
+            "in the environment before triton is first imported; set it, move the tensors to CUDA, "
+            "or pass backend='torch'"
+        )
+    raise RuntimeError(
+        f"backend='triton' supports CUDA tensors (or CPU ones under TRITON_INTERPRET=1), got device "
+        f"{device}; pass backend='torch'"
+    )
+
+
+def next_power_of_2(n: int) -> int:
+    """Smallest power of two >= n (Triton block shapes must be powers of two)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+def unit_last_stride(t: torch.Tensor) -> torch.Tensor:
+    """The kernels index the last dimension densely; copy only when it is strided."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def device_guard(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device: make it the tensor's one."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()

@@ -1,0 +1,403 @@
+"""Nearest-codeword assignment with codebook statistics, for SpidR's online clustering.
+
+For each of C codebooks, frames ``x[c]`` (N, D) are assigned to the nearest of K codewords
+``codewords[c]`` (K, D) by squared L2 distance, and the per-codeword statistics that the EMA update
+needs (counts and sums of the assigned frames) are accumulated. With ``temperature > 0`` the
+assignment is also soft: ``probs = softmax(-||x - c||^2 / temperature)`` over codewords, and the
+statistics are probability-weighted.
+
+Distances are ranked through ``score = ||c||^2 - 2 x.c``: ``||x||^2`` is the same for every codeword
+of a frame, so dropping it changes neither the argmin nor the softmax, and it avoids adding a large
+term that would cost precision.
+
+Two implementations share one entry point, :func:`codebook_assign`:
+
+* a plain-PyTorch reference, chunked over frames so memory stays bounded, which runs anywhere;
+* Triton kernels (see ``_assign_kernel``). Hard assignment is ONE launch for all codebooks: the
+  grid is (N-blocks, C); each program streams K tiles, each an accumulation of ``tl.dot`` over D
+  tiles, keeps a running (min, argmin) per frame, then adds its frames to the statistics with
+  relaxed ``tl.atomic_add`` (one per frame for counts, one per frame element for sums). Atomics
+  were chosen over a second reduction kernel because a deterministic segment-sum would reread x
+  once per K tile and cost another K x N x D matmul, while the atomics touch each frame once more
+  (from L2) and spread over K codeword rows. The price: fp32 summation order, hence the sums' last
+  bits, vary from run to run. Soft assignment uses two launches: the assignment kernel also runs an
+  online softmax (running max and sum over K tiles), stashes the scaled scores in the ``probs``
+  output itself (an N x K buffer that must be written anyway; no other N x K buffer exists) and
+  normalises them in place in a second sweep over its own rows; then ``_soft_stats_kernel``
+  computes ``counts = sum_n probs`` and ``sums = probs^T x`` as a deterministic blocked matmul,
+  because probability-weighted sums would need K x D atomics per frame block.
+
+No one-hot matrix is materialised by either path, and the Triton path writes no distance matrix.
+
+``precision`` picks ``tl.dot``'s ``input_precision`` for fp32 operands on CUDA: ``"ieee"`` (exact
+fp32 FMA, slowest), ``"tf32x3"`` (each operand split into two TF32 halves, three tensor-core
+products: error ~2^-22 relative to |x||c|, close to fp32) or ``"tf32"`` (10-bit mantissa: error
+~5e-4 |x||c|, which can swap codewords whose distances differ by 1e-4 relative). ``"auto"`` is
+``"tf32x3"`` on GPUs with TF32 (compute capability >= 8), else ``"ieee"``; it is the cheapest
+setting expected to meet the labels rule (labels equal fp32 ``torch.cdist(x, c).argmin(-1)`` on
+frames whose two nearest codewords differ by more than 1e-4 relative distance). This has been
+argued from the error bounds, not yet measured on a GPU: ``benchmarks/gpu_kernels_check.py``
+checks the rule for every precision. Triton's interpreter ignores ``input_precision``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from ._dispatch import (
+    device_guard,
+    next_power_of_2,
+    resolve_backend,
+    triton_available,
+    triton_interpreting,
+    unit_last_stride,
+)
+
+if triton_available():
+    import triton
+    import triton.language as tl
+
+    _jit = triton.jit
+else:  # kernels stay plain functions; the torch backend is used
+    triton = tl = None
+
+    def _jit(fn):
+        return fn
+
+
+PRECISIONS: tuple[str, ...] = ("auto", "ieee", "tf32x3", "tf32")
+# Frames per chunk in the torch reference: bounds its (C, chunk, K) score buffer.
+REFERENCE_CHUNK = 4096
+
+
+class CodebookAssignment(NamedTuple):
+    """Result of :func:`codebook_assign`.
+
+    labels: (C, N) int64, index of the nearest codeword (lowest index on exact ties).
+    probs: (C, N, K) float32 soft assignment when ``temperature > 0``, else None.
+    counts: (C, K) float32, frames assigned per codeword (total probability when soft).
+    sums: (C, K, D) float32, sum of the frames assigned per codeword (probability-weighted when soft).
+    """
+
+    labels: torch.Tensor
+    probs: torch.Tensor | None
+    counts: torch.Tensor
+    sums: torch.Tensor
+
+
+@dataclass(frozen=True)
+class AssignConfig:
+    """Triton block sizes: assignment kernel (``block_*``) and soft statistics kernel (``stats_*``)."""
+
+    block_n: int = 128
+    block_k: int = 128
+    block_d: int = 32
+    num_warps: int = 8
+    num_stages: int = 3
+    stats_block_n: int = 64
+    stats_block_k: int = 64
+    stats_block_d: int = 64
+    stats_num_warps: int = 4
+
+
+# Small blocks for Triton's interpreter: it runs programs one by one, and small blocks make tests
+# cross several K and D tiles on tiny shapes.
+INTERPRETER_CONFIG = AssignConfig(16, 16, 16, 1, 1, 16, 16, 16, 1)
+
+
+def default_config(num_codewords: int, interpret: bool) -> AssignConfig:
+    """Block sizes used when none are given (GPU values are untuned guesses for K=256, D=768)."""
+    if interpret:
+        return INTERPRETER_CONFIG
+    block_k = min(128, max(16, next_power_of_2(num_codewords)))
+    return AssignConfig(block_k=block_k, stats_block_k=min(64, block_k))
+
+
+def codebook_assign(
+    x: torch.Tensor,
+    codewords: torch.Tensor,
+    temperature: float = 0.0,
+    precision: str = "auto",
+    backend: str = "auto",
+) -> CodebookAssignment:
+    """Assign frames to their nearest codeword and accumulate per-codeword statistics.
+
+    Args:
+        x: (C, N, D) floating frames, one set per codebook. Computed in fp32.
+        codewords: (C, K, D) floating codeword means.
+        temperature: 0 for hard assignment only; > 0 also returns
+            ``probs = softmax(-||x - c||^2 / temperature)`` and weights the statistics by it.
+        precision: ``tl.dot`` input precision of the Triton path: "auto", "ieee", "tf32x3" or "tf32"
+            (see the module docstring). The torch path ignores it and follows torch's matmul settings
+            (``torch.backends.cuda.matmul.allow_tf32``).
+        backend: "auto" (Triton on CUDA tensors when available, else torch), "triton" or "torch".
+
+    Returns:
+        A :class:`CodebookAssignment`. No gradient flows through this function.
+    """
+    temperature = _validate_inputs(x, codewords, temperature, precision)
+    if resolve_backend(backend, x.device) == "torch":
+        return reference_codebook_assign(x, codewords, temperature)
+    return triton_codebook_assign(x, codewords, temperature, resolve_precision(precision, x.device))
+
+
+def _validate_inputs(x: torch.Tensor, codewords: torch.Tensor, temperature: float, precision: str) -> float:
+    """Check shapes, dtypes, devices and options; return the temperature as a float."""
+    for name, tensor in (("x", x), ("codewords", codewords)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if not tensor.is_floating_point():
+            raise TypeError(
+                f"{name} must be a floating-point tensor, got {tensor.dtype}; cast it with .float()"
+            )
+    if x.dim() != 3:
+        raise ValueError(
+            f"x must have shape (C, N, D), got {tuple(x.shape)}; for a single codebook use x.unsqueeze(0)"
+        )
+    if codewords.dim() != 3:
+        raise ValueError(
+            f"codewords must have shape (C, K, D), got {tuple(codewords.shape)}; "
+            "for a single codebook use codewords.unsqueeze(0)"
+        )
+    if x.shape[0] != codewords.shape[0]:
+        raise ValueError(
+            f"x has {x.shape[0]} codebooks (dim 0) but codewords has {codewords.shape[0]}; "
+            "pass one codeword set per codebook, shapes (C, N, D) and (C, K, D)"
+        )
+    if x.shape[2] != codewords.shape[2]:
+        raise ValueError(
+            f"x has feature size {x.shape[2]} but codewords has {codewords.shape[2]} (dim 2); they must match"
+        )
+    if codewords.shape[1] == 0:
+        raise ValueError("codewords has K=0 codewords (dim 1); at least one is needed")
+    if x.device != codewords.device:
+        raise ValueError(f"x is on {x.device} but codewords on {codewords.device}; move them to one device")
+    if not isinstance(temperature, numbers.Real):
+        raise TypeError(f"temperature must be a Python float, got {type(temperature).__name__}")
+    temperature = float(temperature)
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = hard assignment), got {temperature}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return temperature
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Map "auto" to the cheapest ``tl.dot`` input precision expected to meet the labels rule."""
+    if precision != "auto":
+        return precision
+    is_nvidia = device.type == "cuda" and torch.version.hip is None
+    # TF32 tensor cores exist from Ampere (sm80) on; elsewhere only exact fp32 is available.
+    if is_nvidia and torch.cuda.get_device_capability(device)[0] >= 8:
+        return "tf32x3"
+    return "ieee"
+
+
+@torch.no_grad()
+def reference_codebook_assign(
+    x: torch.Tensor, codewords: torch.Tensor, temperature: float = 0.0, chunk: int = REFERENCE_CHUNK
+) -> CodebookAssignment:
+    """Plain-PyTorch :func:`codebook_assign` (inputs assumed valid), chunked over frames."""
+    num_books, num_frames, dim = x.shape
+    num_codewords = codewords.shape[1]
+    device = x.device
+    codewords = codewords.float()
+    codewords_t = codewords.transpose(1, 2)
+    squared_norms = codewords.square().sum(-1)  # (C, K)
+    labels = torch.empty(num_books, num_frames, dtype=torch.int64, device=device)
+    counts = torch.zeros(num_books, num_codewords, dtype=torch.float32, device=device)
+    sums = torch.zeros(num_books, num_codewords, dim, dtype=torch.float32, device=device)
+    probs = None
+    if temperature > 0:
+        probs = torch.empty(num_books, num_frames, num_codewords, dtype=torch.float32, device=device)
+    for start in range(0, num_frames, chunk):
+        frames = x[:, start : start + chunk].float()
+        # ||c||^2 - 2 x.c: the squared distance up to ||x||^2, which is constant per frame.
+        scores = torch.baddbmm(squared_norms[:, None, :], frames, codewords_t, alpha=-2.0)
+        chunk_labels = scores.argmin(-1)
+        labels[:, start : start + chunk] = chunk_labels
+        if probs is None:
+            counts.scatter_add_(1, chunk_labels, torch.ones_like(frames[..., 0]))
+            sums.scatter_add_(1, chunk_labels[..., None].expand_as(frames), frames)
+        else:
+            chunk_probs = torch.softmax(scores * (-1.0 / temperature), dim=-1)
+            probs[:, start : start + chunk] = chunk_probs
+            counts += chunk_probs.sum(1)
+            sums.baddbmm_(chunk_probs.transpose(1, 2), frames)
+    return CodebookAssignment(labels, probs, counts, sums)
+
+
+@torch.no_grad()
+def triton_codebook_assign(
+    x: torch.Tensor,
+    codewords: torch.Tensor,
+    temperature: float,
+    precision: str,
+    config: AssignConfig | None = None,
+) -> CodebookAssignment:
+    """Triton :func:`codebook_assign` (inputs assumed valid, ``precision`` not "auto")."""
+    num_books, num_frames, dim = x.shape
+    num_codewords = codewords.shape[1]
+    x = unit_last_stride(x)
+    codewords = unit_last_stride(codewords)
+    interpret = triton_interpreting()
+    config = config or default_config(num_codewords, interpret)
+    device = x.device
+    soft = temperature > 0
+    labels = torch.empty(num_books, num_frames, dtype=torch.int64, device=device)
+    # Hard statistics accumulate by atomics into zeros; soft ones are fully written by a kernel.
+    make = torch.empty if soft else torch.zeros
+    counts = make(num_books, num_codewords, dtype=torch.float32, device=device)
+    sums = make(num_books, num_codewords, dim, dtype=torch.float32, device=device)
+    probs = None
+    if soft:
+        probs = torch.empty(num_books, num_frames, num_codewords, dtype=torch.float32, device=device)
+    if num_frames == 0:
+        counts.zero_()
+        sums.zero_()
+        return CodebookAssignment(labels, probs, counts, sums)
+    with device_guard(x):
+        _assign_kernel[(triton.cdiv(num_frames, config.block_n), num_books)](
+            x, codewords, labels, counts, sums, probs if soft else counts,
+            num_frames, num_codewords, dim,
+            x.stride(0), x.stride(1), codewords.stride(0), codewords.stride(1),
+            -1.0 / temperature if soft else 0.0,
+            SOFT=soft, BLOCK_N=config.block_n, BLOCK_K=config.block_k, BLOCK_D=config.block_d,
+            PRECISION=precision, num_warps=config.num_warps, num_stages=config.num_stages,
+        )  # fmt: skip
+        if soft:
+            grid = (
+                triton.cdiv(num_codewords, config.stats_block_k),
+                triton.cdiv(dim, config.stats_block_d),
+                num_books,
+            )
+            _soft_stats_kernel[grid](
+                x, probs, counts, sums,
+                num_frames, num_codewords, dim, x.stride(0), x.stride(1),
+                BLOCK_N=config.stats_block_n, BLOCK_K=config.stats_block_k, BLOCK_D=config.stats_block_d,
+                PRECISION=precision, num_warps=config.stats_num_warps,
+            )  # fmt: skip
+    return CodebookAssignment(labels, probs, counts, sums)
+
+
+@_jit
+def _assign_kernel(
+    x_ptr, c_ptr, labels_ptr, counts_ptr, sums_ptr, probs_ptr,
+    N, K, D,
+    stride_xc, stride_xn, stride_cc, stride_ck,
+    neg_inv_temp,
+    SOFT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+):  # fmt: skip
+    """One program: BLOCK_N frames of one codebook against all K codewords, streamed in K tiles."""
+    pid_n = tl.program_id(0)
+    book = tl.program_id(1).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    rows = offs_n.to(tl.int64)  # int64 so that offsets past 2^31 elements do not wrap
+    x_rows = x_ptr + book * stride_xc + rows[:, None] * stride_xn
+    c_book = c_ptr + book * stride_cc
+    probs_rows = probs_ptr + (book * N + rows[:, None]) * K
+
+    best = tl.full((BLOCK_N,), float("inf"), tl.float32)
+    best_idx = tl.zeros((BLOCK_N,), tl.int32)
+    run_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    run_sum = tl.zeros((BLOCK_N,), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+        dots = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+        sq_norms = tl.zeros((BLOCK_K,), tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            mask_d = offs_d < D
+            x_tile = tl.load(x_rows + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+            c_tile = tl.load(
+                c_book + offs_k[None, :] * stride_ck + offs_d[:, None],
+                mask=mask_d[:, None] & mask_k[None, :],
+                other=0.0,
+            )  # (BLOCK_D, BLOCK_K): codewords transposed for the dot
+            x_tile = x_tile.to(tl.float32)
+            c_tile = c_tile.to(tl.float32)
+            dots = tl.dot(x_tile, c_tile, dots, input_precision=PRECISION)
+            sq_norms += tl.sum(c_tile * c_tile, axis=0)
+        # Squared distance minus ||x||^2; padding codewords can never win.
+        scores = tl.where(mask_k[None, :], sq_norms[None, :] - 2.0 * dots, float("inf"))
+        tile_best, tile_idx = tl.min(scores, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        # Strict '<': on a tie the earlier tile, hence the lower index, keeps the frame.
+        better = tile_best < best
+        best = tl.where(better, tile_best, best)
+        best_idx = tl.where(better, tile_idx + k0, best_idx)
+        if SOFT:
+            logits = scores * neg_inv_temp  # padding codewords: -inf
+            tl.store(probs_rows + offs_k[None, :], logits, mask=mask_n[:, None] & mask_k[None, :])
+            new_max = tl.maximum(run_max, tl.max(logits, axis=1))
+            run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
+            run_max = new_max
+    tl.store(labels_ptr + book * N + rows, best_idx.to(tl.int64), mask=mask_n)
+
+    if SOFT:
+        # The second sweep reads back what other threads of this program stored.
+        tl.debug_barrier()
+        inv_sum = 1.0 / run_sum
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            mask = mask_n[:, None] & (offs_k < K)[None, :]
+            logits = tl.load(probs_rows + offs_k[None, :], mask=mask, other=float("-inf"))
+            tl.store(
+                probs_rows + offs_k[None, :], tl.exp(logits - run_max[:, None]) * inv_sum[:, None], mask=mask
+            )
+    else:
+        slots = book * K + best_idx.to(tl.int64)
+        tl.atomic_add(counts_ptr + slots, tl.full((BLOCK_N,), 1.0, tl.float32), mask=mask_n, sem="relaxed")
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            mask = mask_n[:, None] & (offs_d < D)[None, :]
+            x_tile = tl.load(x_rows + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+            tl.atomic_add(sums_ptr + slots[:, None] * D + offs_d[None, :], x_tile, mask=mask, sem="relaxed")
+
+
+@_jit
+def _soft_stats_kernel(
+    x_ptr, probs_ptr, counts_ptr, sums_ptr,
+    N, K, D, stride_xc, stride_xn,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """One program: a (BLOCK_K, BLOCK_D) tile of ``probs^T x`` (and counts) for one codebook, over all N."""
+    pid_k = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    book = tl.program_id(2).to(tl.int64)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_k = offs_k < K
+    mask_d = offs_d < D
+    acc = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
+    counts = tl.zeros((BLOCK_K,), tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        rows = offs_n.to(tl.int64)
+        probs = tl.load(
+            probs_ptr + (book * N + rows[:, None]) * K + offs_k[None, :],
+            mask=mask_n[:, None] & mask_k[None, :],
+            other=0.0,
+        )
+        x_tile = tl.load(
+            x_ptr + book * stride_xc + rows[:, None] * stride_xn + offs_d[None, :],
+            mask=mask_n[:, None] & mask_d[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        acc = tl.dot(tl.trans(probs), x_tile, acc, input_precision=PRECISION)
+        counts += tl.sum(probs, axis=0)
+    tl.store(
+        sums_ptr + (book * K + offs_k[:, None]) * D + offs_d[None, :],
+        acc,
+        mask=mask_k[:, None] & mask_d[None, :],
+    )
+    # Every D-tile program computes the counts; the first one writes them.
+    tl.store(counts_ptr + book * K + offs_k, counts, mask=mask_k & (pid_d == 0))
