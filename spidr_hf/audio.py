@@ -1,0 +1,163 @@
+"""Audio input for SpidR: decoding, down-mixing, resampling and standardisation.
+
+Decoding goes through :mod:`soundfile` (libsndfile >= 1.1 reads WAV, FLAC, OGG/Vorbis/Opus and
+MP3) and resampling through :func:`torchaudio.functional.resample`. ``torchaudio.load`` is not
+used: since torchaudio 2.9 it needs ``torchcodec``, which this package does not depend on.
+
+SpidR consumes 16 kHz mono waveforms, each standardised to zero mean and unit variance with
+the same formula as transformers' ``Wav2Vec2FeatureExtractor`` (see :func:`standardize`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+SAMPLING_RATE = 16_000
+"""The sampling rate every SpidR model expects."""
+
+AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".mp3", ".ogg")
+"""File name endings (lower case) that :func:`find_audio_files` collects."""
+
+STANDARDIZE_EPS = 1e-7
+"""Added to the variance before the square root, as in ``Wav2Vec2FeatureExtractor``."""
+
+AudioSource = str | os.PathLike | BinaryIO
+
+
+class AudioDecodeError(ValueError):
+    """An audio file could not be decoded, or holds no usable samples."""
+
+
+def _describe(source: AudioSource) -> str:
+    """A human-readable name for a path or a file object, for error messages."""
+    if isinstance(source, str | os.PathLike):
+        return os.fspath(source)
+    return str(getattr(source, "name", "<audio bytes>"))
+
+
+def resampled_length(num_samples: int, orig_rate: int, target_rate: int) -> int:
+    """Length of ``num_samples`` samples at ``orig_rate`` once resampled to ``target_rate``.
+
+    This is the length :func:`torchaudio.functional.resample` returns: ``ceil(n * target / orig)``.
+    """
+    if orig_rate == target_rate:
+        return int(num_samples)
+    return -(-int(num_samples) * int(target_rate) // int(orig_rate))
+
+
+def resample(wave: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
+    """Resample a 1-D float waveform with :func:`torchaudio.functional.resample` (windowed sinc)."""
+    if orig_rate == target_rate:
+        return wave
+    resampled = torchaudio.functional.resample(
+        torch.from_numpy(np.ascontiguousarray(wave)), orig_rate, target_rate
+    )
+    return resampled.numpy()
+
+
+def to_mono(
+    samples: np.ndarray, mono: Literal["mean", "error"] = "mean", *, name: str = "audio"
+) -> np.ndarray:
+    """Turn ``(frames, channels)`` samples into a ``(frames,)`` waveform.
+
+    ``mono="mean"`` averages the channels (the usual down-mix for speech: for a stereo recording
+    of one voice the channels are near copies); ``mono="error"`` refuses multi-channel input.
+    """
+    if mono not in ("mean", "error"):
+        raise ValueError(f"mono must be 'mean' or 'error', got {mono!r}.")
+    if samples.ndim == 1:
+        return samples
+    if samples.shape[1] == 1:
+        return samples[:, 0]
+    if mono == "error":
+        raise ValueError(
+            f"{name} has {samples.shape[1]} channels; SpidR needs mono audio (use mono='mean' to average them)."
+        )
+    return samples.mean(axis=1, dtype=np.float32)
+
+
+def _read(source: AudioSource, start: int, stop: int | None) -> tuple[np.ndarray, int]:
+    """Decode frames ``[start, stop)`` of ``source`` as float32 ``(frames, channels)`` and its rate."""
+    try:
+        return sf.read(source, dtype="float32", always_2d=True, start=start, stop=stop)
+    except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
+        raise AudioDecodeError(f"cannot decode audio file {_describe(source)}: {err}") from err
+
+
+def _file_rate(source: AudioSource) -> int:
+    """The sampling rate in the header of ``source`` (rewinds a file object afterwards)."""
+    try:
+        rate = sf.info(source).samplerate
+    except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
+        raise AudioDecodeError(f"cannot decode audio file {_describe(source)}: {err}") from err
+    if hasattr(source, "seek"):
+        source.seek(0)  # sf.info consumed the header of the file object
+    return int(rate)
+
+
+def load_audio(
+    path: AudioSource,
+    sampling_rate: int = SAMPLING_RATE,
+    mono: Literal["mean", "error"] = "mean",
+    *,
+    start: int = 0,
+    stop: int | None = None,
+) -> np.ndarray:
+    """Decode an audio file into a mono float32 waveform at ``sampling_rate``.
+
+    Args:
+        path: a file path, or a binary file object (e.g. ``io.BytesIO`` of encoded audio).
+        sampling_rate: the rate of the returned waveform; the file is resampled when it differs.
+        mono: ``"mean"`` averages the channels of multi-channel audio, ``"error"`` raises a
+            ``ValueError`` for it.
+        start, stop: keep samples ``[start, stop)`` of the result (positions at ``sampling_rate``).
+            When the file is already at ``sampling_rate`` only that window is read from disk.
+
+    Raises:
+        AudioDecodeError: the file cannot be decoded, or the requested window holds no samples,
+            or it contains NaN/inf samples. The message names the file.
+    """
+    name = _describe(path)
+    rate = _file_rate(path)
+    if rate == sampling_rate:
+        samples, _ = _read(path, start, stop)
+        wave = to_mono(samples, mono, name=name)
+    else:
+        # the window is defined at the target rate, so decode everything, resample, then slice
+        samples, _ = _read(path, 0, None)
+        wave = resample(to_mono(samples, mono, name=name), rate, sampling_rate)[start:stop]
+    if wave.size == 0:
+        raise AudioDecodeError(f"audio file {name} contains no samples (in the window [{start}, {stop})).")
+    if not np.isfinite(wave).all():
+        raise AudioDecodeError(f"audio file {name} contains NaN or infinite samples.")
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def standardize(wave: np.ndarray) -> np.ndarray:
+    """Zero-mean, unit-variance copy of a waveform: ``(x - mean) / sqrt(var + 1e-7)``.
+
+    The formula of transformers' ``Wav2Vec2FeatureExtractor`` (``do_normalize=True``), so that
+    training inputs match what the model's feature extractor feeds it at inference.
+    """
+    wave = np.asarray(wave, dtype=np.float32)
+    return ((wave - wave.mean()) / np.sqrt(wave.var() + STANDARDIZE_EPS)).astype(np.float32, copy=False)
+
+
+def find_audio_files(root: str | os.PathLike, extensions: Iterable[str] = AUDIO_EXTENSIONS) -> list[Path]:
+    """All files under ``root`` (recursively) whose name ends with one of ``extensions``.
+
+    The match ignores case; the result is sorted by path so that indexing is reproducible.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"audio folder {root} does not exist or is not a folder.")
+    wanted = tuple(ext.lower() for ext in extensions)
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(wanted))
