@@ -1,0 +1,70 @@
+"""The package installs as one `spidr_hf` tree: modeling/ and training/ map to spidr_hf.modeling / spidr_hf.training."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    pytest.importorskip("build")
+    out = tmp_path_factory.mktemp("wheel")
+    # --no-isolation: build with the setuptools already installed (no download)
+    result = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (wheel,) = out.glob("spidr_hf-*.whl")
+    return wheel
+
+
+def test_wheel_holds_subpackages_under_spidr_hf(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    for required in (
+        "spidr_hf/__init__.py",
+        "spidr_hf/modeling/modeling_spidr.py",
+        "spidr_hf/modeling/configuration_spidr.py",
+        "spidr_hf/modeling/feature_extraction_spidr.py",
+        "spidr_hf/training/__init__.py",
+        "spidr_hf/kernels/__init__.py",
+        "spidr_hf/commands/convert.py",
+    ):
+        assert required in names, required
+    top_level = {n.split("/")[0] for n in names}
+    assert "modeling" not in top_level and "training" not in top_level, sorted(top_level)
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "spidr-hf = spidr_hf.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_installed_package_has_no_top_level_modeling_or_training(tmp_path):
+    # run outside the repo so the current directory cannot shadow site-packages
+    code = (
+        "import importlib.util as u, spidr_hf.modeling, spidr_hf.training;"
+        "assert u.find_spec('modeling') is None and u.find_spec('training') is None;"
+        "print(spidr_hf.modeling.__name__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "spidr_hf.modeling"
+
+
+def test_console_script_lists_commands():
+    from spidr_hf.cli import COMMANDS
+
+    script = Path(sys.executable).with_name("spidr-hf")
+    if not script.exists():
+        pytest.skip("spidr-hf console script not installed in this environment")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for name in COMMANDS:
+        assert name in result.stdout
