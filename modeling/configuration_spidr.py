@@ -71,7 +71,7 @@ class SpidRConfig(PretrainedConfig):
         num_conv_pos_embedding_groups: int = 16,
         num_conv_pos_embedding_layers: int = 5,
         layer_norm_eps: float = 1e-5,
-        feat_proj_dropout: float = 0.1,
+        feat_proj_dropout: float = 0.0,
         hidden_dropout: float = 0.1,
         attention_dropout: float = 0.1,
         activation_dropout: float = 0.0,
