@@ -30,7 +30,9 @@ def peak_frequency(wave: np.ndarray, rate: int) -> float:
     return float(np.fft.rfftfreq(len(wave), 1 / rate)[spectrum.argmax()])
 
 
-@pytest.mark.parametrize(("ext", "fmt", "atol"), [("wav", "WAV", 1e-4), ("flac", "FLAC", 1e-4), ("ogg", "OGG", 0.1)])
+@pytest.mark.parametrize(
+    ("ext", "fmt", "atol"), [("wav", "WAV", 1e-4), ("flac", "FLAC", 1e-4), ("ogg", "OGG", 0.1)]
+)
 def test_load_formats(tmp_path, ext, fmt, atol):
     wave = sine(440, 16_000, 0.5)
     path = tmp_path / f"a.{ext}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from spidr_hf.training.masking import compute_span_mask, num_frames
 
 
@@ -30,7 +29,9 @@ def test_same_masked_count_in_every_row():
 
 def test_masked_fraction_for_long_rows():
     # 40 spans of 10 over 500 frames would cover 0.8 without overlap; overlaps bring it near 0.57
-    fractions = [compute_span_mask((1, 500), generator=generator(s)).float().mean().item() for s in range(100)]
+    fractions = [
+        compute_span_mask((1, 500), generator=generator(s)).float().mean().item() for s in range(100)
+    ]
     mean = sum(fractions) / len(fractions)
     assert 0.5 < mean < 0.65
     batch_fraction = compute_span_mask((8, 500), generator=generator()).float().mean().item()
@@ -40,7 +41,9 @@ def test_masked_fraction_for_long_rows():
 def test_at_least_min_masks_spans():
     # 30 frames: int(0.8 * 3 + u) = 2 or 3 spans; with min_masks=5, at least 5 distinct starts
     for seed in range(20):
-        mask = compute_span_mask((4, 30), mask_prob=0.1, mask_length=3, min_masks=5, generator=generator(seed))
+        mask = compute_span_mask(
+            (4, 30), mask_prob=0.1, mask_length=3, min_masks=5, generator=generator(seed)
+        )
         assert bool((mask.sum(dim=1) >= 3 + 4).all())  # 5 distinct starts cover >= span + 4 frames
     mask = compute_span_mask((4, 100), mask_prob=0.0, min_masks=2, generator=generator())
     assert bool((mask.sum(dim=1) >= 11).all())  # two distinct 10-frame spans

@@ -1,0 +1,760 @@
+"""Pretraining data for SpidR: an index of utterances, a dataset, a batch sampler and a collator.
+
+Pipeline (one utterance = one audio file, or one row of a ``datasets.Dataset``)::
+
+    index = load_training_index(source)              # lengths at 16 kHz, short ones dropped
+    dataset = SpidRAudioDataset(index)               # decode, resample, random 20 s crop, standardise
+    sampler = LengthBudgetBatchSampler(dataset.lengths, 3_800_000, seed=0, num_replicas=W, rank=r)
+    collator = PretrainingCollator(seed=0)           # crop to shortest, standardise, span masks
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, num_workers=8)
+
+Sources accepted by :func:`load_training_index`:
+
+* a folder: every ``.wav``/``.flac``/``.mp3``/``.ogg`` file below it (recursive, sorted); lengths
+  come from the file headers (``soundfile.info``).
+* a CSV manifest (``.csv``, with a header) or a JSONL manifest (``.jsonl``/``.json``, one object per
+  line): a ``path`` column, optional ``num_samples`` and optional ``sampling_rate``.
+  ``num_samples`` counts samples at the *training* rate (16 kHz), unless a ``sampling_rate`` column
+  gives the file's rate, in which case it is converted. Rows without ``num_samples`` are read
+  from the file header. Relative paths are relative to the manifest's folder.
+* a fairseq manifest (``.tsv``): first line a root folder (relative roots are relative to the
+  manifest's folder), then ``relative/path<TAB>num_samples`` per line, lengths counted at 16 kHz
+  as in fairseq.
+* a ``datasets.Dataset`` (map-style, not streaming) with an audio column: an ``Audio`` feature is
+  read undecoded (``{"bytes", "path"}``) and decoded here with soundfile (``datasets`` >= 4 would
+  otherwise need ``torchcodec``); a column of ``{"array", "sampling_rate"}`` dicts is used as is
+  (2-D arrays are ``(channels, frames)``). Lengths come from the headers / arrays.
+
+Utterances shorter than ``min_samples`` (2,000 at 16 kHz) are dropped when indexing, with a
+logged count; files whose header cannot be read are dropped and logged too (or raise with
+``strict=True``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import cycle, islice
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from spidr_hf.audio import (
+    SAMPLING_RATE,
+    AudioDecodeError,
+    find_audio_files,
+    load_audio,
+    resample,
+    resampled_length,
+    standardize,
+    to_mono,
+)
+
+from .masking import DEFAULT_CONV_KERNEL, DEFAULT_CONV_STRIDE, compute_span_mask, num_frames
+
+logger = logging.getLogger(__name__)
+
+MIN_SAMPLES = 2_000
+"""Utterances shorter than this (at 16 kHz) are dropped, as in the SpidR recipe."""
+
+MAX_SAMPLES = 320_000
+"""Longest random crop of one utterance: 20 s at 16 kHz."""
+
+REFERENCE_MAX_BATCH_SAMPLES = 3_800_000
+"""The SpidR recipe's budget of audio samples per GPU per step."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One training utterance: where to read it and how long it is at the training rate."""
+
+    source: str | int
+    """An audio file path, or a row of the ``datasets.Dataset`` the index was built from."""
+    num_samples: int
+    """Length in samples once resampled to the training rate."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Indexing
+
+
+def _header_length(path: str, sampling_rate: int) -> int:
+    """Length of an audio file at ``sampling_rate``, from its header only."""
+    try:
+        info = sf.info(path)
+    except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
+        raise AudioDecodeError(f"cannot read the header of audio file {path}: {err}") from err
+    return resampled_length(info.frames, info.samplerate, sampling_rate)
+
+
+def _probe_files(paths: Sequence[str], sampling_rate: int, strict: bool, num_threads: int) -> list[Utterance]:
+    """Utterances for ``paths`` with lengths from their headers; unreadable ones dropped (or raised)."""
+
+    def probe(path: str) -> Utterance | AudioDecodeError:
+        try:
+            return Utterance(path, _header_length(path, sampling_rate))
+        except AudioDecodeError as err:
+            return err
+
+    # header reads are I/O bound: threads overlap them
+    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
+        results = list(pool.map(probe, paths))
+    errors = [r for r in results if isinstance(r, AudioDecodeError)]
+    if errors and strict:
+        raise errors[0]
+    if errors:
+        logger.warning("dropped %d unreadable audio file(s) while indexing, e.g. %s", len(errors), errors[0])
+    return [r for r in results if isinstance(r, Utterance)]
+
+
+@dataclass
+class _ManifestRow:
+    """One manifest line: a path, and a length (with the rate it is counted at) when given."""
+
+    path: str
+    num_samples: int | None = None
+    sampling_rate: int | None = None
+
+
+def _optional_int(value: Any) -> int | None:
+    """``None`` for a missing/empty manifest field, else the integer it holds."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return int(value)
+
+
+def _resolve(path: str, base: Path) -> str:
+    """``path`` as is when absolute, else relative to ``base``."""
+    return str(Path(path) if os.path.isabs(path) else base / path)
+
+
+def _row_from_mapping(record: Mapping[str, Any], base: Path, where: str) -> _ManifestRow:
+    """A manifest row from a CSV/JSONL record with a ``path`` and optional length fields."""
+    if not record.get("path"):
+        raise ValueError(f"{where}: missing 'path'.")
+    return _ManifestRow(
+        _resolve(str(record["path"]), base),
+        _optional_int(record.get("num_samples")),
+        _optional_int(record.get("sampling_rate")),
+    )
+
+
+def _read_csv(path: Path) -> list[_ManifestRow]:
+    """Rows of a CSV manifest with a header holding at least ``path``."""
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise ValueError(
+                f"CSV manifest {path} needs a header with a 'path' column, got {reader.fieldnames}."
+            )
+        return [_row_from_mapping(r, path.parent, f"{path}:{i + 2}") for i, r in enumerate(reader)]
+
+
+def _read_jsonl(path: Path) -> list[_ManifestRow]:
+    """Rows of a JSONL manifest: one JSON object per non-empty line."""
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                rows.append(_row_from_mapping(json.loads(line), path.parent, f"{path}:{number}"))
+    return rows
+
+
+def _read_fairseq_tsv(path: Path) -> list[_ManifestRow]:
+    """Rows of a fairseq manifest: a root folder line, then ``relpath<TAB>num_samples`` lines."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines:
+        raise ValueError(f"fairseq manifest {path} is empty (its first line must be the root folder).")
+    root = Path(_resolve(lines[0].strip(), path.parent))
+    rows = []
+    for line in lines[1:]:
+        if line.strip():
+            fields = line.rstrip("\n").split("\t")
+            length = _optional_int(fields[1]) if len(fields) > 1 else None
+            rows.append(
+                _ManifestRow(str(root / fields[0]), length, SAMPLING_RATE if length is not None else None)
+            )
+    return rows
+
+
+def read_manifest(path: str | os.PathLike) -> list[_ManifestRow]:
+    """Parse a ``.csv``, ``.jsonl``/``.json`` (JSON lines) or fairseq ``.tsv`` manifest."""
+    path = Path(path)
+    readers = {".csv": _read_csv, ".jsonl": _read_jsonl, ".json": _read_jsonl, ".tsv": _read_fairseq_tsv}
+    reader = readers.get(path.suffix.lower())
+    if reader is None:
+        raise ValueError(
+            f"unknown manifest type {path.suffix!r} for {path}: use .csv, .jsonl or a fairseq .tsv."
+        )
+    return reader(path)
+
+
+def _index_manifest(path: Path, sampling_rate: int, strict: bool, num_threads: int) -> list[Utterance]:
+    """Utterances of a manifest; rows without a length are read from the file header."""
+    rows = read_manifest(path)
+    missing = sorted({r.path for r in rows if r.num_samples is None})
+    probed = {u.source: u.num_samples for u in _probe_files(missing, sampling_rate, strict, num_threads)}
+    utterances = []
+    for row in rows:
+        if row.num_samples is not None:
+            # without a sampling_rate column, lengths are counted at the training rate
+            rate = row.sampling_rate or sampling_rate
+            utterances.append(Utterance(row.path, resampled_length(row.num_samples, rate, sampling_rate)))
+        elif row.path in probed:  # else unreadable: dropped (and logged) by _probe_files
+            utterances.append(Utterance(row.path, probed[row.path]))
+    return utterances
+
+
+def _is_hf_dataset(source: Any) -> bool:
+    """Whether ``source`` is a ``datasets`` object (checked without importing ``datasets``)."""
+    return type(source).__module__.split(".")[0] == "datasets"
+
+
+def prepare_hf_dataset(dataset: Any, audio_column: str = "audio") -> Any:
+    """Check a ``datasets.Dataset`` and make its ``Audio`` column yield undecoded ``{"bytes", "path"}``."""
+    import datasets  # optional dependency: only needed for this source
+
+    if not isinstance(dataset, datasets.Dataset):
+        raise TypeError(
+            f"expected a map-style datasets.Dataset (streaming is not supported), got {type(dataset).__name__}."
+        )
+    if audio_column not in dataset.column_names:
+        raise ValueError(
+            f"the dataset has no column {audio_column!r}; its columns are {dataset.column_names}."
+        )
+    feature = dataset.features[audio_column]
+    if isinstance(feature, datasets.Audio) and feature.decode:
+        # datasets >= 4 decodes Audio with torchcodec; soundfile decodes the raw bytes instead
+        dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
+    return dataset
+
+
+def _hf_value_length(value: Mapping[str, Any], sampling_rate: int) -> int:
+    """Length at ``sampling_rate`` of one audio cell (encoded bytes/path, or a decoded array)."""
+    if "array" in value:
+        array = np.asarray(value["array"])
+        return resampled_length(array.shape[-1], int(value["sampling_rate"]), sampling_rate)
+    source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
+    if source is None:
+        raise AudioDecodeError("audio cell has neither bytes nor a path.")
+    try:
+        info = sf.info(source)
+    except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
+        raise AudioDecodeError(f"cannot read the audio header: {err}") from err
+    return resampled_length(info.frames, info.samplerate, sampling_rate)
+
+
+def _index_hf_dataset(dataset: Any, audio_column: str, sampling_rate: int, strict: bool) -> list[Utterance]:
+    """Utterances (row numbers) of a prepared ``datasets.Dataset``, unreadable rows dropped."""
+    utterances, failures = [], 0
+    for row, value in enumerate(dataset[audio_column]):
+        try:
+            utterances.append(Utterance(row, _hf_value_length(value, sampling_rate)))
+        except AudioDecodeError as err:
+            if strict:
+                raise AudioDecodeError(f"row {row} of the dataset: {err}") from err
+            failures += 1
+    if failures:
+        logger.warning("dropped %d dataset row(s) whose audio cannot be read while indexing", failures)
+    return utterances
+
+
+def _drop_short(utterances: list[Utterance], min_samples: int) -> list[Utterance]:
+    """Remove utterances shorter than ``min_samples``, logging how many."""
+    kept = [u for u in utterances if u.num_samples >= min_samples]
+    if len(kept) < len(utterances):
+        logger.info(
+            "dropped %d utterance(s) shorter than %d samples", len(utterances) - len(kept), min_samples
+        )
+    return kept
+
+
+def load_training_index(
+    source: str | os.PathLike | Any,
+    *,
+    sampling_rate: int = SAMPLING_RATE,
+    min_samples: int = MIN_SAMPLES,
+    audio_column: str = "audio",
+    strict: bool = False,
+    num_threads: int = 8,
+) -> list[Utterance]:
+    """Index the utterances of a folder, a manifest or a ``datasets.Dataset`` (see the module docs).
+
+    Args:
+        source: a folder, a ``.csv``/``.jsonl``/``.tsv`` manifest, or a ``datasets.Dataset``.
+        sampling_rate: the training rate the lengths are counted at.
+        min_samples: shorter utterances are dropped (the count is logged).
+        audio_column: the audio column of a ``datasets.Dataset``.
+        strict: raise on the first unreadable file instead of dropping it with a warning.
+        num_threads: threads reading file headers.
+
+    Returns:
+        The kept utterances in source order (folders: sorted paths; datasets: row numbers).
+    """
+    if _is_hf_dataset(source):
+        utterances = _index_hf_dataset(
+            prepare_hf_dataset(source, audio_column), audio_column, sampling_rate, strict
+        )
+    else:
+        path = Path(source)
+        if path.is_dir():
+            files = [str(p) for p in find_audio_files(path)]
+            utterances = _probe_files(files, sampling_rate, strict, num_threads)
+        elif path.is_file():
+            utterances = _index_manifest(path, sampling_rate, strict, num_threads)
+        else:
+            raise FileNotFoundError(f"training data source {path} is neither a folder nor a manifest file.")
+    return _drop_short(utterances, min_samples)
+
+
+def write_manifest(utterances: Sequence[Utterance], path: str | os.PathLike) -> None:
+    """Save file utterances as a CSV manifest (``path,num_samples`` at the training rate).
+
+    Indexing a large folder reads every header; saving the index lets later runs skip that.
+    """
+    if any(not isinstance(u.source, str) for u in utterances):
+        raise ValueError("only utterances read from files can be written to a manifest.")
+    with Path(path).open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "num_samples"])
+        writer.writerows((os.path.abspath(u.source), u.num_samples) for u in utterances)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset
+
+
+def random_crop(wave: np.ndarray, max_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """A window of ``max_samples`` at a uniform random offset, or ``wave`` itself when not longer."""
+    if len(wave) <= max_samples:
+        return wave
+    offset = int(rng.integers(0, len(wave) - max_samples + 1))
+    return wave[offset : offset + max_samples]
+
+
+class SpidRAudioDataset(Dataset):
+    """Utterances decoded at 16 kHz, randomly cropped to at most ``max_samples``, standardised.
+
+    ``dataset[i]`` returns ``{"input_values": float32 tensor (L,), "index": i, "epoch": e}``, or
+    ``None`` when the utterance cannot be decoded (or decodes shorter than ``min_samples``): a
+    warning is logged once per source, ``num_failed`` counts failures and ``failed_sources``
+    names them (per process: with DataLoader workers, each worker has its own counters, so
+    rely on the collator's ``num_skipped``). With ``strict=True`` it raises instead.
+
+    The crop offset comes from a generator seeded with ``(seed, epoch, index)``, so a crop is
+    reproducible and changes every epoch. The epoch is ``dataset.epoch`` (``set_epoch``), or
+    travels with the key: ``dataset[(index, epoch)]``, which is what
+    ``LengthBudgetBatchSampler(..., yield_epoch=True)`` yields, and which stays right with
+    ``persistent_workers=True`` (workers keep their own stale copy of ``dataset.epoch``).
+    """
+
+    def __init__(
+        self,
+        utterances: Sequence[Utterance],
+        *,
+        hf_dataset: Any = None,
+        audio_column: str = "audio",
+        sampling_rate: int = SAMPLING_RATE,
+        min_samples: int = MIN_SAMPLES,
+        max_samples: int = MAX_SAMPLES,
+        seed: int = 0,
+        strict: bool = False,
+        mono: Literal["mean", "error"] = "mean",
+    ) -> None:
+        if max_samples < min_samples:
+            raise ValueError(f"max_samples ({max_samples}) must be >= min_samples ({min_samples}).")
+        if hf_dataset is None and any(isinstance(u.source, int) for u in utterances):
+            raise ValueError("utterances index rows of a datasets.Dataset: pass it as hf_dataset.")
+        self.utterances = list(utterances)
+        self.hf_dataset = prepare_hf_dataset(hf_dataset, audio_column) if hf_dataset is not None else None
+        self.audio_column = audio_column
+        self.sampling_rate = sampling_rate
+        self.min_samples = min_samples
+        self.max_samples = max_samples
+        self.seed = seed
+        self.strict = strict
+        self.mono = mono
+        self.epoch = 0
+        self.num_failed = 0
+        self.failed_sources: set[str | int] = set()
+
+    @classmethod
+    def from_source(
+        cls,
+        source: str | os.PathLike | Any,
+        *,
+        sampling_rate: int = SAMPLING_RATE,
+        min_samples: int = MIN_SAMPLES,
+        max_samples: int = MAX_SAMPLES,
+        seed: int = 0,
+        strict: bool = False,
+        audio_column: str = "audio",
+        num_threads: int = 8,
+        mono: Literal["mean", "error"] = "mean",
+    ) -> SpidRAudioDataset:
+        """Index ``source`` with :func:`load_training_index` and wrap it in a dataset."""
+        utterances = load_training_index(
+            source,
+            sampling_rate=sampling_rate,
+            min_samples=min_samples,
+            audio_column=audio_column,
+            strict=strict,
+            num_threads=num_threads,
+        )
+        return cls(
+            utterances,
+            hf_dataset=source if _is_hf_dataset(source) else None,
+            audio_column=audio_column,
+            sampling_rate=sampling_rate,
+            min_samples=min_samples,
+            max_samples=max_samples,
+            seed=seed,
+            strict=strict,
+            mono=mono,
+        )
+
+    @property
+    def lengths(self) -> list[int]:
+        """Indexed length of every utterance at the training rate (for the batch sampler)."""
+        return [u.num_samples for u in self.utterances]
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch used for crops when keys are plain indices."""
+        self.epoch = int(epoch)
+
+    def _decode_file(self, path: str, start: int, stop: int | None) -> np.ndarray:
+        """Decode samples ``[start, stop)`` (at the training rate) of an audio file."""
+        return load_audio(path, self.sampling_rate, self.mono, start=start, stop=stop)
+
+    def _decode_row(self, row: int) -> np.ndarray:
+        """Decode the audio cell of one ``datasets`` row to a mono waveform at the training rate."""
+        value = self.hf_dataset[row][self.audio_column]
+        if "array" not in value:
+            source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
+            if source is None:
+                raise AudioDecodeError(f"row {row}: the audio cell has neither bytes nor a path.")
+            return load_audio(source, self.sampling_rate, self.mono)
+        array = np.asarray(value["array"], dtype=np.float32)
+        # datasets stores multi-channel arrays as (channels, frames)
+        wave = to_mono(array.T if array.ndim == 2 else array, self.mono, name=f"row {row}")
+        return resample(wave, int(value["sampling_rate"]), self.sampling_rate)
+
+    def _decode(self, utterance: Utterance, rng: np.random.Generator) -> np.ndarray:
+        """Decode an utterance, reading only a random ``max_samples`` window of long files."""
+        if isinstance(utterance.source, int):
+            return random_crop(self._decode_row(utterance.source), self.max_samples, rng)
+        if utterance.num_samples > self.max_samples:
+            start = int(rng.integers(0, utterance.num_samples - self.max_samples + 1))
+            return self._decode_file(utterance.source, start, start + self.max_samples)
+        # the header may under-report (e.g. VBR MP3): crop again after decoding
+        return random_crop(self._decode_file(utterance.source, 0, None), self.max_samples, rng)
+
+    def _skip(self, utterance: Utterance, error: Exception) -> None:
+        """Record an unusable utterance: raise when strict, else warn once per source."""
+        if self.strict:
+            raise AudioDecodeError(f"utterance {utterance.source}: {error}") from error
+        self.num_failed += 1
+        if utterance.source not in self.failed_sources:
+            self.failed_sources.add(utterance.source)
+            logger.warning("skipping utterance %s: %s", utterance.source, error)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
+        index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
+        utterance = self.utterances[index]
+        rng = np.random.default_rng([self.seed, epoch, index])
+        try:
+            wave = self._decode(utterance, rng)
+            if len(wave) < self.min_samples:
+                raise AudioDecodeError(
+                    f"{utterance.source} decodes to {len(wave)} samples, fewer than {self.min_samples}."
+                )
+        except (AudioDecodeError, ValueError, OSError) as err:
+            self._skip(utterance, err)
+            return None
+        return {"input_values": torch.from_numpy(standardize(wave)), "index": index, "epoch": epoch}
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch sampler
+
+
+def _bucket_ids(effective: np.ndarray, num_buckets: int) -> np.ndarray:
+    """Bucket of every length: ``num_buckets`` equal-width buckets between the min and max length."""
+    boundaries = np.linspace(effective.min(), effective.max(), num_buckets + 1)[1:-1]
+    return np.searchsorted(boundaries, effective, side="right")
+
+
+class LengthBudgetBatchSampler(Sampler[list[int]]):
+    """Batches of similar-length utterances under a budget of audio samples, sharded over ranks.
+
+    Cost of a batch: a batch is cropped to its shortest utterance (no padding), so with
+    ``cost="cropped"`` (default) it is ``len(batch) * min(min(length, max_samples) for the batch)``,
+    the size of the ``(B, L)`` tensor the model sees. ``cost="sum"`` counts
+    ``sum(min(length, max_samples))`` like the SpidR reference sampler (fewer, never more, items).
+    Every batch's cost is <= ``max_batch_samples`` (which must hold one ``max_samples`` crop).
+
+    One epoch, from a generator seeded with ``(seed, epoch)``:
+
+    1. lengths are capped at ``max_samples`` and split into ``num_buckets`` equal-width
+       buckets between the shortest and the longest (the reference uses 1,000);
+    2. utterances are shuffled, then stably ordered by bucket (shuffled inside a bucket);
+    3. batches are filled greedily in that order: an utterance joins the current batch unless
+       that would exceed the budget (or ``max_batch_size``), else it opens a new batch;
+    4. the batch order is shuffled (``shuffle=False`` skips steps 2's shuffle and this one);
+    5. ranks: without ``drop_last`` the list is padded by repeating its first batches up to a
+       multiple of ``num_replicas``; with it, the surplus batches are dropped. Rank ``r`` takes
+       batches ``r, r + num_replicas, ...``, so all ranks get the same number.
+
+    Without ``drop_last`` every utterance is in exactly one batch of the (unpadded) epoch.
+    ``len(sampler)`` is this rank's number of batches in the current epoch (it can change a
+    little from epoch to epoch, as bucket shuffles change how batches fill).
+
+    Call ``set_epoch(epoch)`` before each epoch, as with ``DistributedSampler``. For exact
+    resume, save ``state_dict(consumed_batches)`` with the number of batches the training loop
+    has consumed this epoch (a DataLoader prefetches ahead of it), and ``load_state_dict`` it
+    into a sampler built with the same arguments: the next iteration continues from there.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        max_batch_samples: int = REFERENCE_MAX_BATCH_SAMPLES,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        drop_last: bool = False,
+        *,
+        max_samples: int = MAX_SAMPLES,
+        num_buckets: int = 1000,
+        max_batch_size: int | None = None,
+        shuffle: bool = True,
+        cost: Literal["cropped", "sum"] = "cropped",
+        yield_epoch: bool = False,
+    ) -> None:
+        if len(lengths) == 0:
+            raise ValueError("no utterances to sample from.")
+        if max_batch_samples < max_samples:
+            raise ValueError(
+                f"max_batch_samples ({max_batch_samples}) must hold one crop of max_samples ({max_samples}): "
+                "lower max_samples or raise the budget."
+            )
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}.")
+        if num_buckets < 1 or (max_batch_size is not None and max_batch_size < 1):
+            raise ValueError("num_buckets and max_batch_size must be >= 1.")
+        if cost not in ("cropped", "sum"):
+            raise ValueError(f"cost must be 'cropped' or 'sum', got {cost!r}.")
+        self.effective = np.minimum(np.asarray(lengths, dtype=np.int64), max_samples)
+        self.max_batch_samples = int(max_batch_samples)
+        self.seed = int(seed)
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
+        self.drop_last = drop_last
+        self.max_batch_size = max_batch_size
+        self.shuffle = shuffle
+        self.cost = cost
+        self.yield_epoch = yield_epoch
+        self.buckets = _bucket_ids(self.effective, num_buckets)
+        self.epoch = 0
+        self._start = 0  # where the next iteration of this epoch begins (set by load_state_dict)
+        self._position = 0  # batches yielded so far in this epoch
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    def batch_cost(self, batch: Sequence[int]) -> int:
+        """Budget cost of a batch of utterance indices under this sampler's ``cost`` rule."""
+        lengths = self.effective[list(batch)]
+        return int(lengths.sum()) if self.cost == "sum" else len(batch) * int(lengths.min())
+
+    def _fill_batches(self, order: np.ndarray) -> list[list[int]]:
+        """Greedily cut ``order`` into consecutive batches within the budget."""
+        batches: list[list[int]] = []
+        batch: list[int] = []
+        shortest = total = 0
+        for index in order.tolist():
+            length = int(self.effective[index])
+            new_shortest = min(shortest, length) if batch else length
+            new_cost = total + length if self.cost == "sum" else (len(batch) + 1) * new_shortest
+            too_many = self.max_batch_size is not None and len(batch) >= self.max_batch_size
+            if batch and (new_cost > self.max_batch_samples or too_many):
+                batches.append(batch)
+                batch, new_shortest, total = [], length, 0
+            batch.append(index)
+            shortest, total = new_shortest, total + length
+        if batch:
+            batches.append(batch)
+        return batches
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """All batches of ``epoch`` (every rank's), in order, before sharding."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.effective)) if self.shuffle else np.arange(len(self.effective))
+        order = order[np.argsort(self.buckets[order], kind="stable")]  # by bucket, shuffled inside
+        batches = self._fill_batches(order)
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def _rank_batches(self) -> list[list[int]]:
+        """This rank's batches for the current epoch (cached per epoch)."""
+        if self._cache is None or self._cache[0] != self.epoch:
+            batches = self.epoch_batches(self.epoch)
+            if self.drop_last:
+                batches = batches[: len(batches) - len(batches) % self.num_replicas]
+            else:
+                padding = -len(batches) % self.num_replicas
+                batches = batches + list(islice(cycle(batches), padding))
+            self._cache = (self.epoch, batches[self.rank :: self.num_replicas])
+        return self._cache[1]
+
+    def __len__(self) -> int:
+        return len(self._rank_batches())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch to iterate; a new epoch starts from its first batch."""
+        if int(epoch) != self.epoch:
+            self.epoch = int(epoch)
+            self._start = self._position = 0
+
+    def __iter__(self) -> Iterator[list[int]] | Iterator[list[tuple[int, int]]]:
+        batches = self._rank_batches()
+        start, self._start = self._start, 0  # a later iteration of this epoch starts over
+        for position in range(start, len(batches)):
+            self._position = position + 1
+            batch = batches[position]
+            yield [(i, self.epoch) for i in batch] if self.yield_epoch else list(batch)
+
+    def state_dict(self, consumed_batches: int | None = None) -> dict[str, int]:
+        """Resume state: the epoch and how many of this rank's batches of it are done.
+
+        Pass ``consumed_batches`` (batches the training loop has taken this epoch): the sampler
+        itself only knows how far the DataLoader has prefetched.
+        """
+        position = self._position if consumed_batches is None else int(consumed_batches)
+        return {
+            "epoch": self.epoch,
+            "position": position,
+            "seed": self.seed,
+            "num_replicas": self.num_replicas,
+        }
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        """Continue from a :meth:`state_dict`: the next iteration yields the remaining batches."""
+        for key in ("seed", "num_replicas"):
+            if key in state and int(state[key]) != getattr(self, key):
+                raise ValueError(
+                    f"cannot resume exactly: the saved sampler had {key}={state[key]}, this one has {getattr(self, key)}."
+                )
+        self.epoch = int(state["epoch"])
+        self._start = self._position = int(state["position"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Collator
+
+
+def _batch_generator(seed: int, items: Sequence[Mapping[str, Any]], fallback: int) -> torch.Generator:
+    """A generator seeded from ``seed``, the epoch and the indices of the batch's items.
+
+    Seeding from the batch content (not a call counter) keeps crops and masks the same
+    whatever the number of DataLoader workers; the batch order is itself fixed by the sampler.
+    """
+    indices = [int(item.get("index", fallback)) for item in items]
+    epoch = int(items[0].get("epoch", 0)) if items else 0
+    state = np.random.SeedSequence([seed, epoch, *indices]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class PretrainingCollator:
+    """Turn dataset items into a pretraining batch: crop, standardise, stack, mask.
+
+    Output: ``{"input_values": (B, L) float32, "mask_time_indices": (B, T) bool, "num_skipped": int}``
+
+    * ``None`` items (unreadable utterances) are dropped and counted in ``num_skipped``;
+    * every waveform is cropped to the shortest one, ``L``, at a random offset (no padding);
+    * each cropped waveform is standardised again (zero mean, unit variance);
+    * ``T = num_frames(L)`` for the given convolutions, and ``mask_time_indices`` follows
+      :func:`~spidr_hf.training.masking.compute_span_mask`.
+
+    When every item is ``None`` the batch is *empty*: ``input_values`` is ``(0, 0)``,
+    ``mask_time_indices`` ``(0, 0)`` and ``num_skipped`` the batch size; check
+    :func:`is_empty_batch` and skip the step.
+
+    Randomness comes from a generator seeded with ``(seed, epoch, item indices)``, so a batch is
+    reproducible given the seed and the sampler's order.
+    """
+
+    def __init__(
+        self,
+        *,
+        mask_prob: float = 0.8,
+        mask_length: int = 10,
+        min_masks: int = 2,
+        conv_kernel: Sequence[int] = DEFAULT_CONV_KERNEL,
+        conv_stride: Sequence[int] = DEFAULT_CONV_STRIDE,
+        seed: int = 0,
+    ) -> None:
+        self.mask_prob = mask_prob
+        self.mask_length = mask_length
+        self.min_masks = min_masks
+        self.conv_kernel = tuple(conv_kernel)
+        self.conv_stride = tuple(conv_stride)
+        self.seed = seed
+        self._calls = 0  # only used for items without an "index"
+
+    @classmethod
+    def from_config(cls, config: Any, *, seed: int = 0, **overrides: Any) -> PretrainingCollator:
+        """A collator using ``config.conv_kernel``/``conv_stride`` (and ``mask_*`` attributes if any)."""
+        kwargs = {"conv_kernel": config.conv_kernel, "conv_stride": config.conv_stride, "seed": seed}
+        for name in ("mask_prob", "mask_length", "min_masks"):
+            if hasattr(config, name):
+                kwargs[name] = getattr(config, name)
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def _crop_and_standardize(
+        self, wave: torch.Tensor, length: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """A random window of ``length`` samples of ``wave``, standardised."""
+        offset = (
+            int(torch.randint(0, len(wave) - length + 1, (1,), generator=generator))
+            if len(wave) > length
+            else 0
+        )
+        return torch.from_numpy(standardize(wave[offset : offset + length].numpy()))
+
+    def __call__(self, items: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
+        kept = [item for item in items if item is not None]
+        num_skipped = len(items) - len(kept)
+        if not kept:
+            empty = {
+                "input_values": torch.zeros((0, 0)),
+                "mask_time_indices": torch.zeros((0, 0), dtype=torch.bool),
+            }
+            return {**empty, "num_skipped": num_skipped}
+        self._calls += 1
+        generator = _batch_generator(self.seed, kept, fallback=self._calls)
+        length = min(len(item["input_values"]) for item in kept)
+        waves = [self._crop_and_standardize(item["input_values"], length, generator) for item in kept]
+        frames = num_frames(length, self.conv_kernel, self.conv_stride)
+        mask = compute_span_mask(
+            (len(kept), frames), self.mask_prob, self.mask_length, self.min_masks, generator=generator
+        )
+        return {"input_values": torch.stack(waves), "mask_time_indices": mask, "num_skipped": num_skipped}
+
+
+def is_empty_batch(batch: Mapping[str, Any]) -> bool:
+    """Whether a collated batch holds no utterance (all were unreadable): skip the step."""
+    return batch["input_values"].shape[0] == 0
