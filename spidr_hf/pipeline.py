@@ -1,0 +1,287 @@
+"""``pipeline("feature-extraction", model=...)`` for SpidR: raw audio in, frame features out.
+
+Mechanism, and why
+------------------
+transformers resolves a task to one pipeline class through ``PIPELINE_REGISTRY`` (the
+``SUPPORTED_TASKS`` table) *before* it knows the model, and "feature-extraction" is the
+text pipeline: it loads a tokenizer and tokenizes its input. The alternatives were weighed:
+
+* ``pipeline_class=SpidRFeatureExtractionPipeline`` works, but every caller must know it;
+* ``custom_pipelines`` in the model's ``config.json`` makes ``pipeline()`` import the class
+  from the checkpoint folder, but only with ``trust_remote_code=True``, and not at all for a
+  model passed as an object;
+* replacing ``transformers.pipeline`` (a monkey-patch) misses every ``from transformers import
+  pipeline`` done before ``import spidr_hf``.
+
+So :func:`register_pipelines` swaps the registry entry's ``impl`` (and nothing else: the
+default model, model classes and task type stay) for :class:`FeatureExtractionDispatcher`, a
+tiny class whose ``__new__`` looks at the model that ``pipeline()`` hands it and builds
+
+* a :class:`SpidRFeatureExtractionPipeline` when ``model.config.model_type == "spidr"``;
+* otherwise the class that was registered before (transformers' own
+  ``FeatureExtractionPipeline``), with exactly the arguments ``pipeline()`` gave, so text
+  models get the very same object as without spidr_hf.
+
+The only thing the dispatcher cannot keep identical is the tokenizer flag, which
+``pipeline()`` reads from the class before it knows the model: it is "optional" (``None``)
+instead of "required" (``True``), because a speech checkpoint has no tokenizer. A text model
+whose tokenizer fails to load therefore gets the dispatcher's ``ValueError`` (naming the
+model) instead of the loader's exception. The registry is updated in place rather than
+through ``PIPELINE_REGISTRY.register_pipeline`` because that method warns on overwrite and
+tags the class for ``custom_pipelines`` export, neither of which applies to a dispatcher.
+
+Output
+------
+For each input, the features of one layer as ``(frames, hidden_size)``: a nested list of
+floats by default (like the text pipeline's ``.tolist()``), or a float32 CPU
+``torch.Tensor`` with ``return_tensors=True``. Unlike the text pipeline there is no leading
+batch axis of 1: the audio pipeline never tokenizes into a batch, so that axis would only
+carry the input count, which the list of results already gives. Batched calls
+(``batch_size > 1``) return each input's own number of frames, never the padded length.
+
+Inputs: 1-D numpy arrays and torch tensors (at ``sampling_rate=``, default 16 kHz), dicts
+``{"array" or "raw": samples, "sampling_rate": rate}`` (the ``datasets`` Audio layout; other
+rates are resampled), ``{"bytes": ..., "path": ...}`` (``datasets`` ``Audio(decode=False)``),
+encoded ``bytes``, and file paths, decoded with soundfile through :mod:`spidr_hf.audio` (no
+ffmpeg needed; multi-channel files are averaged to mono). Options (at construction or per
+call): ``layer`` (1-based; 0 is the transformer input for ``"hidden_state"``; default: the
+last layer) and ``representation`` (``"hidden_state"``, the layer's post-LayerNorm output,
+or ``"before_residual"``, its feed-forward output before the residual add, the
+representation of the SpidR paper's per-layer results).
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import FeatureExtractionPipeline, PreTrainedModel
+from transformers.pipelines import SUPPORTED_TASKS
+
+from .audio import load_audio
+from .modeling import SpidRFeatureExtractor
+
+logger = logging.getLogger(__name__)
+
+TASK = "feature-extraction"
+REPRESENTATIONS = ("hidden_state", "before_residual")
+
+
+class SpidRFeatureExtractionPipeline(FeatureExtractionPipeline):
+    """Frame features of a [`SpidRModel`] from raw audio (see the module docstring for inputs and outputs).
+
+    Example:
+
+    ```python
+    >>> import spidr_hf
+    >>> from transformers import pipeline
+    >>> extractor = pipeline("feature-extraction", model="path/to/spidr", layer=6, representation="before_residual")
+    >>> features = extractor("speech.flac", return_tensors=True)  # (frames, hidden_size), 50 frames per second
+    ```
+    """
+
+    _load_processor = False
+    _load_image_processor = False
+    _load_video_processor = False
+    _load_feature_extractor = None  # optional: a default SpidRFeatureExtractor is built when none is saved
+    _load_tokenizer = False
+
+    def __init__(
+        self, model: PreTrainedModel, feature_extractor: SpidRFeatureExtractor | None = None, **kwargs
+    ):
+        kwargs.pop("tokenizer", None)  # speech checkpoints have none; a stray one must not be used
+        if feature_extractor is None:
+            feature_extractor = default_feature_extractor(model)
+        super().__init__(model=model, feature_extractor=feature_extractor, **kwargs)
+
+    def _sanitize_parameters(
+        self,
+        layer: int | None = None,
+        representation: str | None = None,
+        sampling_rate: int | None = None,
+        return_tensors: bool | None = None,
+        **kwargs,
+    ) -> tuple[dict, dict, dict]:
+        if kwargs:
+            raise TypeError(
+                f"Unexpected arguments for the SpidR feature-extraction pipeline: {sorted(kwargs)}."
+            )
+        preprocess_params = {} if sampling_rate is None else {"sampling_rate": sampling_rate}
+        forward_params = {}
+        if representation is not None:
+            forward_params["representation"] = _check_representation(representation)
+        if layer is not None:
+            forward_params["layer"] = layer
+        if forward_params:  # validate early, against the defaults for whatever was left out
+            resolve_layer(self.model.config.num_hidden_layers, forward_params.get("layer"),
+                          forward_params.get("representation", "hidden_state"))  # fmt: skip
+        postprocess_params = {} if return_tensors is None else {"return_tensors": return_tensors}
+        return preprocess_params, forward_params, postprocess_params
+
+    def preprocess(self, inputs: Any, sampling_rate: int | None = None) -> dict[str, torch.Tensor]:
+        wave, rate = self._decode(inputs, sampling_rate)
+        return self.feature_extractor(
+            wave, sampling_rate=rate, return_tensors="pt", return_attention_mask=True
+        )
+
+    def _decode(self, inputs: Any, sampling_rate: int | None) -> tuple[np.ndarray | torch.Tensor, int]:
+        """One input -> (mono samples, their sampling rate); files are decoded at the model's rate."""
+        target = self.feature_extractor.sampling_rate
+        if isinstance(inputs, (str, os.PathLike)):
+            return load_audio(inputs, sampling_rate=target), target
+        if isinstance(inputs, (bytes, bytearray)):
+            return load_audio(io.BytesIO(inputs), sampling_rate=target), target
+        if isinstance(inputs, dict):
+            return self._decode_dict(inputs, target)
+        if isinstance(inputs, (np.ndarray, torch.Tensor)):
+            return inputs, sampling_rate or target
+        raise TypeError(
+            f"Unsupported audio input of type {type(inputs).__name__}: pass a file path, encoded bytes, a 1-D numpy "
+            "array or torch tensor, or a dict {'array': samples, 'sampling_rate': rate}."
+        )
+
+    def _decode_dict(self, inputs: dict, target: int) -> tuple[np.ndarray | torch.Tensor, int]:
+        samples = inputs.get("array", inputs.get("raw"))
+        if samples is not None:
+            if "sampling_rate" not in inputs:
+                raise ValueError("An audio dict with 'array' or 'raw' samples needs a 'sampling_rate' key.")
+            return samples, int(inputs["sampling_rate"])
+        if inputs.get("bytes") is not None:
+            return load_audio(io.BytesIO(inputs["bytes"]), sampling_rate=target), target
+        if inputs.get("path") is not None:
+            return load_audio(inputs["path"], sampling_rate=target), target
+        raise ValueError(
+            f"An audio dict needs 'array' (or 'raw') and 'sampling_rate', or 'bytes', or 'path'; got keys {sorted(inputs)}."
+        )
+
+    def _forward(
+        self,
+        model_inputs: dict[str, torch.Tensor],
+        layer: int | None = None,
+        representation: str = "hidden_state",
+    ) -> dict[str, torch.Tensor]:
+        config = self.model.config
+        layer = resolve_layer(config.num_hidden_layers, layer, representation)
+        input_values = model_inputs["input_values"].to(self.model.dtype)
+        attention_mask = model_inputs["attention_mask"]
+        # the last post-LN layer is last_hidden_state: no need to keep every layer's output
+        keep_all = not (representation == "hidden_state" and layer == config.num_hidden_layers)
+        output = self.model(input_values, attention_mask=attention_mask, output_hidden_states=keep_all)
+        return {
+            "features": select_layer(output, layer, representation),
+            "num_frames": output.frame_attention_mask.sum(-1),
+        }
+
+    def postprocess(self, model_outputs: dict[str, torch.Tensor], return_tensors: bool = False) -> Any:
+        # batched calls arrive here one input at a time, padded to the batch's longest input
+        features = model_outputs["features"][0, : int(model_outputs["num_frames"][0])].float().cpu()
+        return features if return_tensors else features.tolist()
+
+    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
+        """Features of one audio input, or a list of results for a list of inputs.
+
+        Args:
+            inputs: a path, encoded bytes, a 1-D array/tensor, an audio dict, or a list of them.
+            layer (`int`, *optional*): 1-based layer (0 = transformer input for "hidden_state").
+            representation (`str`, *optional*): "hidden_state" (default) or "before_residual".
+            sampling_rate (`int`, *optional*): rate of bare arrays/tensors (default 16000).
+            return_tensors (`bool`, *optional*): return `(frames, hidden)` tensors instead of lists.
+            batch_size (`int`, *optional*): inputs per forward pass (padded; outputs are trimmed).
+        """
+        return super().__call__(inputs, **kwargs)
+
+
+def _check_representation(representation: str) -> str:
+    if representation not in REPRESENTATIONS:
+        raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {representation!r}.")
+    return representation
+
+
+def resolve_layer(num_layers: int, layer: int | None, representation: str) -> int:
+    """Validate a 1-based layer for `representation` (default: the last layer)."""
+    _check_representation(representation)
+    if layer is None:
+        return num_layers
+    lowest = 0 if representation == "hidden_state" else 1
+    if not lowest <= int(layer) <= num_layers:
+        raise ValueError(
+            f"layer must be between {lowest} and {num_layers} for representation={representation!r}, got {layer} "
+            "(layers are 1-based; layer 0 is the transformer input and exists only for 'hidden_state')."
+        )
+    return int(layer)
+
+
+def select_layer(output: Any, layer: int, representation: str) -> torch.Tensor:
+    """The `(batch, frames, hidden)` tensor of `layer` in a [`SpidRModelOutput`]."""
+    if representation == "before_residual":
+        return output.before_residual_states[layer - 1]
+    if output.hidden_states is None:
+        return output.last_hidden_state
+    return output.hidden_states[layer]
+
+
+def default_feature_extractor(model: PreTrainedModel) -> SpidRFeatureExtractor:
+    """The feature extractor saved with the model, else the standard one (16 kHz, standardised)."""
+    name = getattr(model, "name_or_path", "") or ""
+    if name:
+        try:
+            return SpidRFeatureExtractor.from_pretrained(name)
+        except (OSError, ValueError) as err:  # no preprocessor_config.json: the defaults are SpidR's recipe
+            logger.debug("no feature extractor saved with %s (%s); using the default one", name, err)
+    return SpidRFeatureExtractor()
+
+
+def is_spidr_model(model: Any) -> bool:
+    """Whether `model` is a SpidR model object (also a remote-code one, by its `model_type`)."""
+    return getattr(getattr(model, "config", None), "model_type", None) == "spidr"
+
+
+class FeatureExtractionDispatcher(FeatureExtractionPipeline):
+    """The registered "feature-extraction" class: builds the SpidR pipeline for SpidR models, else the previous one.
+
+    ``__new__`` returns an instance of another class, so Python never runs this class's
+    ``__init__``: for a text model the object is exactly what the previous registration builds.
+    """
+
+    _load_tokenizer = None  # optional (see the module docstring): speech checkpoints have no tokenizer
+    _load_feature_extractor = False  # SpidRFeatureExtractionPipeline finds its own
+    fallback: type = FeatureExtractionPipeline
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> FeatureExtractionPipeline:
+        model = kwargs["model"] if "model" in kwargs else args[0]
+        if is_spidr_model(model):
+            return SpidRFeatureExtractionPipeline(*args, **kwargs)
+        if kwargs.get("tokenizer") is None and kwargs.get("processor") is None:
+            raise ValueError(
+                f"The feature-extraction pipeline needs a tokenizer for {type(model).__name__} and none could be "
+                f"loaded from {getattr(model, 'name_or_path', '') or 'the model'}; pass tokenizer=."
+            )
+        return cls.fallback(*args, **kwargs)
+
+
+def register_pipelines() -> None:
+    """Make ``pipeline("feature-extraction", model=<SpidR>)`` build a SpidR pipeline (idempotent)."""
+    entry = SUPPORTED_TASKS[TASK]
+    if entry["impl"] is FeatureExtractionDispatcher:
+        return
+    previous = entry["impl"]
+    if isinstance(previous, str):  # transformers stores its own classes as dotted paths
+        module, name = previous.rsplit(".", 1)
+        previous = getattr(importlib.import_module(module), name)
+    FeatureExtractionDispatcher.fallback = previous
+    SUPPORTED_TASKS[TASK] = {**entry, "impl": FeatureExtractionDispatcher}
+
+
+__all__ = [
+    "FeatureExtractionDispatcher",
+    "SpidRFeatureExtractionPipeline",
+    "is_spidr_model",
+    "register_pipelines",
+    "resolve_layer",
+    "select_layer",
+]
