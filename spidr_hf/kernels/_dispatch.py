@@ -6,6 +6,10 @@ compiled, on CPU tensors they run in Triton's interpreter, which only works when
 was in the environment before ``triton`` was first imported (Triton fixes the mode of every
 ``@triton.jit`` function, its own standard library included, at import time).
 ``backend="torch"`` forces the reference.
+
+Triton itself is imported on the way to the first kernel, never when this package is imported, so
+``TRITON_INTERPRET`` may be set at any time before the first Triton call, and CPU-only code paths
+(``backend="auto"`` on CPU tensors, ``backend="torch"``) never import it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ BACKENDS: tuple[str, ...] = ("auto", "triton", "torch")
 
 @functools.cache
 def triton_available() -> bool:
-    """Whether the ``triton`` package can be imported (it is optional: CPU-only installs lack it)."""
+    """Whether ``triton`` imports (it is optional). Imports it: call only on the way to a kernel."""
     try:
         import triton  # noqa: F401
     except Exception:  # ImportError, or a broken install raising at import
@@ -66,6 +70,11 @@ def resolve_backend(backend: str, device: torch.device) -> Literal["triton", "to
         f"backend='triton' supports CUDA tensors (or CPU ones under TRITON_INTERPRET=1), got device "
         f"{device}; pass backend='torch'"
     )
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division, for launch grids."""
+    return -(-a // b)
 
 
 def next_power_of_2(n: int) -> int:

@@ -42,32 +42,36 @@ checks the rule for every precision. Triton's interpreter ignores ``input_precis
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
 from ._dispatch import (
+    cdiv,
     device_guard,
     next_power_of_2,
     resolve_backend,
-    triton_available,
     triton_interpreting,
     unit_last_stride,
 )
 
-if triton_available():
+# ``triton.language``, bound by _kernels() on first use: Triton is imported only then (see _dispatch).
+tl: Any = None
+
+
+@functools.cache
+def _kernels() -> tuple[Any, Any]:
+    """JIT-wrap the kernels below, importing Triton now, in the mode TRITON_INTERPRET selects."""
+    global tl
     import triton
-    import triton.language as tl
+    import triton.language
 
-    _jit = triton.jit
-else:  # kernels stay plain functions; the torch backend is used
-    triton = tl = None
-
-    def _jit(fn):
-        return fn
+    tl = triton.language
+    return triton.jit(_assign_kernel), triton.jit(_soft_stats_kernel)
 
 
 PRECISIONS: tuple[str, ...] = ("auto", "ieee", "tf32x3", "tf32")
@@ -261,8 +265,9 @@ def triton_codebook_assign(
         counts.zero_()
         sums.zero_()
         return CodebookAssignment(labels, probs, counts, sums)
+    assign_kernel, soft_stats_kernel = _kernels()
     with device_guard(x):
-        _assign_kernel[(triton.cdiv(num_frames, config.block_n), num_books)](
+        assign_kernel[(cdiv(num_frames, config.block_n), num_books)](
             x, codewords, labels, counts, sums, probs if soft else counts,
             num_frames, num_codewords, dim,
             x.stride(0), x.stride(1), codewords.stride(0), codewords.stride(1),
@@ -272,11 +277,11 @@ def triton_codebook_assign(
         )  # fmt: skip
         if soft:
             grid = (
-                triton.cdiv(num_codewords, config.stats_block_k),
-                triton.cdiv(dim, config.stats_block_d),
+                cdiv(num_codewords, config.stats_block_k),
+                cdiv(dim, config.stats_block_d),
                 num_books,
             )
-            _soft_stats_kernel[grid](
+            soft_stats_kernel[grid](
                 x, probs, counts, sums,
                 num_frames, num_codewords, dim, x.stride(0), x.stride(1),
                 BLOCK_N=config.stats_block_n, BLOCK_K=config.stats_block_k, BLOCK_D=config.stats_block_d,
@@ -285,7 +290,6 @@ def triton_codebook_assign(
     return CodebookAssignment(labels, probs, counts, sums)
 
 
-@_jit
 def _assign_kernel(
     x_ptr, c_ptr, labels_ptr, counts_ptr, sums_ptr, probs_ptr,
     N, K, D,
@@ -362,7 +366,6 @@ def _assign_kernel(
             tl.atomic_add(sums_ptr + slots[:, None] * D + offs_d[None, :], x_tile, mask=mask, sem="relaxed")
 
 
-@_jit
 def _soft_stats_kernel(
     x_ptr, probs_ptr, counts_ptr, sums_ptr,
     N, K, D, stride_xc, stride_xn,

@@ -15,28 +15,34 @@ loss on that frame (the torch path raises instead).
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import torch
 from torch.autograd.function import once_differentiable
 
 from ._dispatch import (
+    cdiv,
     device_guard,
     next_power_of_2,
     resolve_backend,
-    triton_available,
     triton_interpreting,
     unit_last_stride,
 )
 
-if triton_available():
+# ``triton.language``, bound by _kernels() on first use: Triton is imported only then (see _dispatch).
+tl: Any = None
+
+
+@functools.cache
+def _kernels() -> tuple[Any, Any]:
+    """JIT-wrap the kernels below, importing Triton now, in the mode TRITON_INTERPRET selects."""
+    global tl
     import triton
-    import triton.language as tl
+    import triton.language
 
-    _jit = triton.jit
-else:  # kernels stay plain functions; the torch backend is used
-    triton = tl = None
-
-    def _jit(fn):
-        return fn
+    tl = triton.language
+    return triton.jit(_head_loss_fwd_kernel), triton.jit(_head_loss_bwd_kernel)
 
 
 def codebook_head_loss(
@@ -129,8 +135,9 @@ def _launch_forward(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     if num_frames == 0:
         return frame_losses, log_norms, prob_sums
     block_n, block_k, num_warps = _block_sizes(num_classes)
+    forward_kernel, _ = _kernels()
     with device_guard(logits):
-        _head_loss_fwd_kernel[(triton.cdiv(num_frames, block_n), num_books)](
+        forward_kernel[(cdiv(num_frames, block_n), num_books)](
             logits, labels, frame_losses, log_norms, prob_sums,
             num_frames, num_classes,
             logits.stride(0), logits.stride(1), labels.stride(0), labels.stride(1),
@@ -148,8 +155,9 @@ def _launch_backward(
     if num_frames == 0:
         return grad_logits
     block_n, block_k, num_warps = _block_sizes(num_classes)
+    _, backward_kernel = _kernels()
     with device_guard(logits):
-        _head_loss_bwd_kernel[(triton.cdiv(num_frames, block_n), num_books)](
+        backward_kernel[(cdiv(num_frames, block_n), num_books)](
             logits, labels, log_norms, grad_losses, grad_logits,
             num_frames, num_classes,
             logits.stride(0), logits.stride(1), labels.stride(0), labels.stride(1),
@@ -159,7 +167,6 @@ def _launch_backward(
     return grad_logits
 
 
-@_jit
 def _head_loss_fwd_kernel(
     logits_ptr, labels_ptr, losses_ptr, log_norms_ptr, prob_sums_ptr,
     N, K,
@@ -199,7 +206,6 @@ def _head_loss_fwd_kernel(
         tl.atomic_add(prob_sums_ptr + book * K + offs_k, tl.sum(probs, axis=0), mask=mask_k, sem="relaxed")
 
 
-@_jit
 def _head_loss_bwd_kernel(
     logits_ptr, labels_ptr, log_norms_ptr, grad_losses_ptr, grad_logits_ptr,
     N, K,
