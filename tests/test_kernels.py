@@ -1,0 +1,370 @@
+"""Tests of spidr_hf.kernels: Triton kernels against the torch references, references against naive math.
+
+Triton tests run on CUDA when there is a GPU, else in Triton's interpreter on CPU tensors. Triton fixes
+interpreter mode when it is first imported, and importing spidr_hf imports it (through torch._dynamo),
+so this module sets TRITON_INTERPRET=1 before importing spidr_hf. In a full pytest run another test
+module usually imports spidr_hf first; then the Triton tests skip here and
+``test_triton_cases_in_subprocess`` reruns them in one child pytest where this module comes first.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from spidr_hf.kernels import (  # noqa: E402
+    CodebookAssignment,
+    _dispatch,
+    codebook_assign,
+    codebook_head_loss,
+)
+from spidr_hf.kernels.codebook_assign import (  # noqa: E402
+    AssignConfig,
+    reference_codebook_assign,
+    triton_codebook_assign,
+)
+
+DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
+TRITON_HERE = _dispatch.triton_available() and (HAS_CUDA or _dispatch.triton_interpreting())
+CHILD_ENV = "SPIDR_KERNEL_TESTS_CHILD"
+needs_triton = pytest.mark.skipif(
+    not TRITON_HERE, reason="Triton cannot run in this process; test_triton_cases_in_subprocess runs it"
+)
+gpu = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+
+# (C, N, K, D): non-powers of two, K and D not multiples of the 16-wide interpreter blocks, C = 1 and 8.
+SHAPES = [(1, 70, 40, 45), (8, 33, 17, 48), (3, 1, 5, 7), (2, 64, 32, 16)]
+
+
+def _random_inputs(shape: tuple[int, int, int, int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames and codewords (codewords drawn near frames so that assignments are varied)."""
+    num_books, num_frames, num_codewords, dim = shape
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(num_books, num_frames, dim, generator=gen)
+    codewords = torch.randn(num_books, num_codewords, dim, generator=gen) * 0.8
+    return x.to(DEVICE), codewords.to(DEVICE)
+
+
+def _assert_same_assignment(got: CodebookAssignment, want: CodebookAssignment) -> None:
+    """Labels and hard counts exactly; sums and probabilities to fp32 rounding."""
+    torch.testing.assert_close(got.labels, want.labels, rtol=0, atol=0)
+    assert got.counts.dtype == got.sums.dtype == torch.float32
+    torch.testing.assert_close(got.counts, want.counts, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.sums, want.sums, rtol=1e-5, atol=1e-5)
+    if want.probs is None:
+        assert got.probs is None
+    else:
+        torch.testing.assert_close(got.probs, want.probs, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# codebook_assign: Triton against the torch reference
+
+
+@needs_triton
+@pytest.mark.parametrize("temperature", [0.0, 0.5])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_triton_assign_matches_reference(shape, temperature):
+    x, codewords = _random_inputs(shape)
+    got = codebook_assign(x, codewords, temperature=temperature, precision="ieee", backend="triton")
+    want = codebook_assign(x, codewords, temperature=temperature, backend="torch")
+    _assert_same_assignment(got, want)
+    if temperature > 0:
+        torch.testing.assert_close(got.probs.sum(-1), torch.ones_like(got.labels, dtype=torch.float32))
+    else:
+        assert got.counts.sum().item() == shape[0] * shape[1]
+
+
+@needs_triton
+@pytest.mark.parametrize("temperature", [0.0, 2.0])
+def test_triton_assign_multi_tile_config(temperature):
+    """Explicit 16-wide blocks: several N, K and D tiles with ragged last tiles, on GPU too."""
+    x, codewords = _random_inputs((2, 50, 37, 40), seed=1)
+    config = AssignConfig(16, 16, 16, 4, 2, 16, 16, 16, 4)
+    got = triton_codebook_assign(x, codewords, temperature, "ieee", config)
+    _assert_same_assignment(got, reference_codebook_assign(x, codewords, temperature))
+
+
+def _tied_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """Small-integer data (exact in fp32 and TF32) with codeword 2 duplicated at 7 (same tile) and 30 (next tile)."""
+    gen = torch.Generator().manual_seed(3)
+    codewords = torch.randint(-3, 4, (2, 40, 24), generator=gen).float()
+    codewords[:, 7] = codewords[:, 2]
+    codewords[:, 30] = codewords[:, 2]
+    x = torch.randint(-3, 4, (2, 30, 24), generator=gen).float()
+    x[:, :10] = codewords[:, 2:3]  # exact hits on the triplicated codeword
+    x[:, 10:15] = codewords[:, 2:3] + 1.0  # equidistant from the three copies, not necessarily nearest
+    return x.to(DEVICE), codewords.to(DEVICE)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_ties_go_to_the_lowest_index(backend):
+    x, codewords = _tied_inputs()
+    got = codebook_assign(x, codewords, backend=backend)
+    assert (got.labels[:, :10] == 2).all()
+    assert not ((got.labels == 7) | (got.labels == 30)).any()
+    assert (got.counts[:, [7, 30]] == 0).all()
+    # Integer data makes every distance exact, so torch's own argmin rule is the reference.
+    torch.testing.assert_close(
+        got.labels, torch.cdist(x.double(), codewords.double()).argmin(-1), rtol=0, atol=0
+    )
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_empty_codewords_have_zero_statistics(backend, temperature):
+    x, codewords = _random_inputs((3, 45, 20, 12), seed=2)
+    codewords[:, [0, 13, 19]] = 1e3  # far from every frame: never nearest, probability underflows to 0
+    got = codebook_assign(x, codewords, temperature=temperature, backend=backend)
+    assert (got.counts[:, [0, 13, 19]] == 0).all()
+    assert (got.sums[:, [0, 13, 19]] == 0).all()
+    assert got.counts.sum().item() == pytest.approx(3 * 45, rel=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_no_frames(backend):
+    x, codewords = _random_inputs((2, 0, 5, 8))
+    got = codebook_assign(x, codewords, temperature=1.0, backend=backend)
+    assert got.labels.shape == (2, 0) and got.probs.shape == (2, 0, 5)
+    assert (got.counts == 0).all() and (got.sums == 0).all()
+
+
+@needs_triton
+def test_triton_assign_strided_and_half_inputs():
+    """Codebook-major views of frame-major data, a strided feature dim, and bf16 inputs."""
+    x, codewords = _random_inputs((3, 29, 21, 20), seed=4)
+    frame_major = x.transpose(0, 1).contiguous()  # (N, C, D) as a model produces it
+    strided = torch.stack([codewords, codewords], dim=-1)[..., 0]  # last stride 2
+    for xs, cs in [(frame_major.transpose(0, 1), strided), (x.bfloat16(), codewords.bfloat16())]:
+        got = codebook_assign(xs, cs, temperature=0.3, precision="ieee", backend="triton")
+        _assert_same_assignment(got, codebook_assign(xs, cs, temperature=0.3, backend="torch"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# codebook_assign: the reference against the naive cdist / one-hot formulation
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_reference_assign_matches_naive_formulation(temperature):
+    x, codewords = _random_inputs((4, 50, 23, 10), seed=5)
+    x, codewords = x.cpu(), codewords.cpu()
+    got = reference_codebook_assign(x, codewords, temperature, chunk=16)  # several chunks
+    distances = torch.cdist(x.double(), codewords.double())
+    torch.testing.assert_close(got.labels, distances.argmin(-1), rtol=0, atol=0)
+    if temperature > 0:
+        weights = torch.softmax(-distances.square() / temperature, dim=-1)
+        torch.testing.assert_close(got.probs, weights.float(), rtol=1e-4, atol=1e-6)
+    else:
+        weights = F.one_hot(got.labels, codewords.shape[1]).double()
+    torch.testing.assert_close(got.counts, weights.sum(1).float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.sums, (weights.transpose(1, 2) @ x.double()).float(), rtol=1e-4, atol=1e-5)
+
+
+def test_auto_backend_on_cpu_is_torch():
+    assert _dispatch.resolve_backend("auto", torch.device("cpu")) == "torch"
+    x, codewords = _random_inputs((2, 9, 4, 3))
+    torch.testing.assert_close(
+        codebook_assign(x.cpu(), codewords.cpu()).sums,
+        reference_codebook_assign(x.cpu(), codewords.cpu()).sums,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# codebook_head_loss
+
+
+def _head_inputs(shape: tuple[int, int, int], dtype: torch.dtype, seed: int = 0):
+    num_books, num_frames, num_codewords = shape
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(num_books, num_frames, num_codewords, generator=gen) * 3).to(DEVICE, dtype)
+    labels = torch.randint(0, num_codewords, (num_books, num_frames), generator=gen).to(DEVICE)
+    weights = torch.randn(num_books, num_frames, generator=gen).to(DEVICE)
+    return logits, labels, weights
+
+
+def _loss_and_grad(logits, labels, weights, backend):
+    leaf = logits.detach().requires_grad_()
+    losses, prob_sums = codebook_head_loss(leaf, labels, backend=backend)
+    (losses * weights).sum().backward()
+    return losses.detach(), prob_sums, leaf.grad
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 70, 40), (8, 33, 17), (3, 5, 1)], ids=lambda s: "x".join(map(str, s)))
+def test_triton_head_loss_matches_reference(shape, dtype):
+    logits, labels, weights = _head_inputs(shape, dtype)
+    got = _loss_and_grad(logits, labels, weights, "triton")
+    want = _loss_and_grad(logits, labels, weights, "torch")
+    assert got[0].dtype == got[1].dtype == torch.float32 and got[2].dtype == dtype
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[2], want[2])
+
+
+@needs_triton
+def test_triton_head_loss_strided_logits_and_broadcast_grad():
+    """Logits viewed from frame-major storage; ``.sum()`` hands backward a stride-0 gradient."""
+    logits, labels, _ = _head_inputs((4, 30, 21), torch.float32, seed=1)
+    frame_major = logits.transpose(0, 1).contiguous().transpose(0, 1)
+    grads = []
+    for backend in ("triton", "torch"):
+        leaf = frame_major.detach().requires_grad_()
+        losses, _ = codebook_head_loss(leaf, labels, backend=backend)
+        losses.sum().backward()
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+@needs_triton
+def test_triton_head_loss_out_of_range_label_is_nan():
+    logits, labels, _ = _head_inputs((2, 6, 5), torch.float32)
+    labels[1, 3] = 5
+    losses, _ = codebook_head_loss(logits, labels, backend="triton")
+    assert losses[1, 3].isnan() and losses.isnan().sum() == 1
+
+
+def test_reference_head_loss_matches_naive_formulation():
+    logits, labels, weights = _head_inputs((3, 40, 11), torch.float32, seed=2)
+    logits, labels, weights = logits.cpu(), labels.cpu(), weights.cpu()
+    got = _loss_and_grad(logits, labels, weights, "torch")
+    leaf = logits.detach().requires_grad_()
+    log_probs = leaf.log_softmax(-1)
+    losses = -(F.one_hot(labels, 11).float() * log_probs).sum(-1)
+    (losses * weights).sum().backward()
+    torch.testing.assert_close(got[0], losses.detach())
+    torch.testing.assert_close(got[1], log_probs.detach().exp().sum(1))
+    torch.testing.assert_close(got[2], leaf.grad)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Input validation and backend selection
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "c_shape", "kwargs", "error", "match"),
+    [
+        ((2, 5, 4), (2, 3, 4), {"temperature": -1.0}, ValueError, "temperature must be a finite number >= 0"),
+        ((2, 5, 4), (2, 3, 4), {"temperature": float("nan")}, ValueError, "temperature"),
+        ((2, 5, 4), (2, 3, 4), {"temperature": torch.tensor(1.0)}, TypeError, "Python float"),
+        ((2, 5, 4), (3, 3, 4), {}, ValueError, "codebooks"),
+        ((2, 5, 4), (2, 3, 6), {}, ValueError, "feature size"),
+        ((5, 4), (2, 3, 4), {}, ValueError, r"x must have shape \(C, N, D\)"),
+        ((2, 5, 4), (3, 4), {}, ValueError, r"codewords must have shape \(C, K, D\)"),
+        ((2, 5, 4), (2, 0, 4), {}, ValueError, "K=0"),
+        ((2, 5, 4), (2, 3, 4), {"precision": "fp16"}, ValueError, "precision must be one of"),
+        ((2, 5, 4), (2, 3, 4), {"backend": "cuda"}, ValueError, "backend must be one of"),
+    ],
+)
+def test_assign_rejects_bad_inputs(x_shape, c_shape, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        codebook_assign(torch.randn(x_shape), torch.randn(c_shape), **kwargs)
+
+
+def test_assign_rejects_integer_tensors():
+    with pytest.raises(TypeError, match="x must be a floating-point tensor"):
+        codebook_assign(torch.ones(2, 5, 4, dtype=torch.int64), torch.randn(2, 3, 4))
+    with pytest.raises(TypeError, match="codewords must be a floating-point tensor"):
+        codebook_assign(torch.randn(2, 5, 4), torch.ones(2, 3, 4, dtype=torch.int32))
+
+
+@pytest.mark.parametrize(
+    ("logits", "labels", "error", "match"),
+    [
+        (
+            torch.ones(2, 5, 3, dtype=torch.int64),
+            torch.zeros(2, 5, dtype=torch.int64),
+            TypeError,
+            "logits must be",
+        ),
+        (torch.randn(2, 5, 3), torch.zeros(2, 5), TypeError, "labels must be an integer"),
+        (torch.randn(5, 3), torch.zeros(5, dtype=torch.int64), ValueError, r"shape \(C, N, K\)"),
+        (
+            torch.randn(2, 5, 3),
+            torch.zeros(2, 4, dtype=torch.int64),
+            ValueError,
+            r"labels must have shape \(C, N\)",
+        ),
+        (torch.randn(2, 5, 0), torch.zeros(2, 5, dtype=torch.int64), ValueError, "K=0"),
+    ],
+)
+def test_head_loss_rejects_bad_inputs(logits, labels, error, match):
+    with pytest.raises(error, match=match):
+        codebook_head_loss(logits, labels)
+
+
+def test_forced_triton_explains_what_is_missing(monkeypatch):
+    monkeypatch.setattr(_dispatch, "triton_interpreting", lambda: False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        _dispatch.resolve_backend("triton", torch.device("cpu"))
+    monkeypatch.setattr(_dispatch, "triton_available", lambda: False)
+    with pytest.raises(RuntimeError, match="pip install triton"):
+        _dispatch.resolve_backend("triton", torch.device("cuda"))
+    assert _dispatch.resolve_backend("auto", torch.device("cuda")) == "torch"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The Triton cases in a child process, when this one imported Triton in compiled mode without a GPU
+
+
+@pytest.mark.skipif(
+    TRITON_HERE or not _dispatch.triton_available() or os.environ.get(CHILD_ENV) == "1",
+    reason="the Triton tests run in this process (or Triton is not installed)",
+)
+def test_triton_cases_in_subprocess():
+    env = {**os.environ, "TRITON_INTERPRET": "1", CHILD_ENV: "1"}
+    selection = "triton and not subprocess"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection]
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert " skipped" not in done.stdout.splitlines()[-1], done.stdout[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GPU only: the labels rule and statistics at the training shape
+
+
+@gpu
+@needs_cuda
+def test_gpu_labels_rule_at_training_shape():
+    """Labels equal fp32 cdist argmin wherever the two nearest codewords differ by > 1e-4 relative distance."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(8, 9590, 768, device="cuda", generator=gen)
+    codewords = x[:, torch.randperm(9590, device="cuda", generator=gen)[:256]] * 0.9
+    got = codebook_assign(x, codewords)  # precision "auto"
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        want = torch.cdist(x, codewords).argmin(-1)
+        nearest_two = torch.cdist(x.double(), codewords.double()).topk(2, dim=-1, largest=False).values
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    clear = (nearest_two[..., 1] - nearest_two[..., 0]) > 1e-4 * nearest_two[..., 0]
+    assert (got.labels == want)[clear].all()
+    counts = torch.zeros(8, 256, device="cuda").scatter_add_(1, got.labels, torch.ones_like(x[..., 0]))
+    torch.testing.assert_close(got.counts, counts, rtol=0, atol=0)
+    sums = torch.zeros(8, 256, 768, device="cuda").scatter_add_(1, got.labels[..., None].expand_as(x), x)
+    torch.testing.assert_close(got.sums, sums, rtol=1e-5, atol=1e-4)
+
+
+@gpu
+@needs_cuda
+def test_gpu_head_loss_at_training_shape():
+    logits, labels, weights = _head_inputs((8, 9590, 256), torch.bfloat16)
+    got = _loss_and_grad(logits, labels, weights, "triton")
+    want = _loss_and_grad(logits, labels, weights, "torch")
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(got[2], want[2])
