@@ -65,11 +65,11 @@ from transformers.pipelines import SUPPORTED_TASKS
 
 from .audio import load_audio
 from .modeling import SpidRFeatureExtractor
+from .units import layer_features, resolve_layer
 
 logger = logging.getLogger(__name__)
 
 TASK = "feature-extraction"
-REPRESENTATIONS = ("hidden_state", "before_residual")
 
 
 class SpidRFeatureExtractionPipeline(FeatureExtractionPipeline):
@@ -114,7 +114,7 @@ class SpidRFeatureExtractionPipeline(FeatureExtractionPipeline):
         preprocess_params = {} if sampling_rate is None else {"sampling_rate": sampling_rate}
         forward_params = {}
         if representation is not None:
-            forward_params["representation"] = _check_representation(representation)
+            forward_params["representation"] = representation
         if layer is not None:
             forward_params["layer"] = layer
         if forward_params:  # validate early, against the defaults for whatever was left out
@@ -165,17 +165,11 @@ class SpidRFeatureExtractionPipeline(FeatureExtractionPipeline):
         layer: int | None = None,
         representation: str = "hidden_state",
     ) -> dict[str, torch.Tensor]:
-        config = self.model.config
-        layer = resolve_layer(config.num_hidden_layers, layer, representation)
         input_values = model_inputs["input_values"].to(self.model.dtype)
-        attention_mask = model_inputs["attention_mask"]
-        # the last post-LN layer is last_hidden_state: no need to keep every layer's output
-        keep_all = not (representation == "hidden_state" and layer == config.num_hidden_layers)
-        output = self.model(input_values, attention_mask=attention_mask, output_hidden_states=keep_all)
-        return {
-            "features": select_layer(output, layer, representation),
-            "num_frames": output.frame_attention_mask.sum(-1),
-        }
+        features, frame_mask = layer_features(
+            self.model, input_values, model_inputs["attention_mask"], layer, representation
+        )
+        return {"features": features, "num_frames": frame_mask.sum(-1)}
 
     def postprocess(self, model_outputs: dict[str, torch.Tensor], return_tensors: bool = False) -> Any:
         # batched calls arrive here one input at a time, padded to the batch's longest input
@@ -194,35 +188,6 @@ class SpidRFeatureExtractionPipeline(FeatureExtractionPipeline):
             batch_size (`int`, *optional*): inputs per forward pass (padded; outputs are trimmed).
         """
         return super().__call__(inputs, **kwargs)
-
-
-def _check_representation(representation: str) -> str:
-    if representation not in REPRESENTATIONS:
-        raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {representation!r}.")
-    return representation
-
-
-def resolve_layer(num_layers: int, layer: int | None, representation: str) -> int:
-    """Validate a 1-based layer for `representation` (default: the last layer)."""
-    _check_representation(representation)
-    if layer is None:
-        return num_layers
-    lowest = 0 if representation == "hidden_state" else 1
-    if not lowest <= int(layer) <= num_layers:
-        raise ValueError(
-            f"layer must be between {lowest} and {num_layers} for representation={representation!r}, got {layer} "
-            "(layers are 1-based; layer 0 is the transformer input and exists only for 'hidden_state')."
-        )
-    return int(layer)
-
-
-def select_layer(output: Any, layer: int, representation: str) -> torch.Tensor:
-    """The `(batch, frames, hidden)` tensor of `layer` in a [`SpidRModelOutput`]."""
-    if representation == "before_residual":
-        return output.before_residual_states[layer - 1]
-    if output.hidden_states is None:
-        return output.last_hidden_state
-    return output.hidden_states[layer]
 
 
 def default_feature_extractor(model: PreTrainedModel) -> SpidRFeatureExtractor:
@@ -282,6 +247,4 @@ __all__ = [
     "SpidRFeatureExtractionPipeline",
     "is_spidr_model",
     "register_pipelines",
-    "resolve_layer",
-    "select_layer",
 ]
