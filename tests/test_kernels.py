@@ -368,3 +368,18 @@ def test_gpu_head_loss_at_training_shape():
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(got[2], want[2])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The benchmark scripts still run (CPU smoke mode: tiny shapes, Triton interpreter, no torch.compile)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _dispatch.triton_available(), reason="the scripts time the Triton kernels")
+@pytest.mark.parametrize("script", ["bench_codebook.py", "gpu_kernels_check.py"])
+def test_benchmark_scripts_cpu_smoke(script):
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, str(root / "benchmarks" / script), "--cpu-smoke", "--no-compile"]
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "assign + statistics" in done.stdout and "together" in done.stdout

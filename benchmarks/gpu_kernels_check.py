@@ -1,0 +1,220 @@
+"""One prepared run for a GPU session: correctness of the fused codebook kernels on CUDA, then the benchmark.
+
+Checks, at the training shape (C=8, N=9590, K=256, D=768) on two kinds of data:
+
+1. the labels rule, for every ``tl.dot`` input precision: labels equal fp32 ``torch.cdist(x, c).argmin(-1)``
+   (TF32 off) on every frame whose two nearest codewords differ by more than 1e-4 relative distance
+   (distances in fp64); "auto" must pass, and the line says which precisions do;
+2. statistics: hard counts exactly equal to a bincount of our labels, hard sums and soft
+   (temperature > 0) probs / counts / sums against fp64 math from the same labels / the reference;
+3. head loss: frame losses, prob sums and gradients against autograd of the reference, fp32 and bf16;
+4. a short sweep of assignment block sizes (for tuning the untuned GPU defaults);
+5. ``bench_codebook``'s benchmark.
+
+Prints one compact line per check and exits 1 if a required check fails. ``--cpu-smoke`` runs it all
+on tiny shapes in Triton's interpreter, only to prove that the script works.
+Run: ``python benchmarks/gpu_kernels_check.py`` (a few minutes on an H100, most of it torch.compile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_codebook  # noqa: E402
+
+PRECISIONS = ("ieee", "tf32x3", "tf32")
+SMOKE_SHAPE = (2, 120, 24, 32)
+RULE_MARGIN = 1e-4
+
+
+class Report:
+    """Collects PASS/FAIL/INFO lines; ``failed`` is set by required checks only."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def line(self, name: str, ok: bool | None, detail: str) -> None:
+        status = {True: "PASS", False: "FAIL", None: "INFO"}[ok]
+        self.failed |= ok is False
+        print(f"[{status}] {name:<34} {detail}", flush=True)
+
+
+def make_data(kind: str, shape, device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """'gaussian': centred frames; 'offset': a shared mean offset makes ||x||^2 dominate the distances."""
+    num_books, num_frames, num_codewords, dim = shape
+    gen = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(num_books, num_frames, dim, device=device, generator=gen)
+    if kind == "offset":
+        x += 4.0 * torch.randn(num_books, 1, dim, device=device, generator=gen)
+    picks = torch.randperm(num_frames, device=device, generator=gen)[:num_codewords]
+    codewords = x[:, picks] + 0.3 * torch.randn(num_books, num_codewords, dim, device=device, generator=gen)
+    return x, codewords
+
+
+def exact_fp32(fn):
+    """Run ``fn`` with TF32 off, so that torch matmuls are true fp32."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        return fn()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def check_labels_rule(report: Report, shape, device) -> None:
+    from spidr_hf.kernels import codebook_assign
+    from spidr_hf.kernels.codebook_assign import resolve_precision
+
+    auto = resolve_precision("auto", device)
+    for kind in ("gaussian", "offset"):
+        x, codewords = make_data(kind, shape, device)
+        want = exact_fp32(lambda x=x, codewords=codewords: torch.cdist(x, codewords).argmin(-1))
+        nearest = torch.cdist(x.double(), codewords.double()).topk(2, dim=-1, largest=False).values
+        clear = (nearest[..., 1] - nearest[..., 0]) > RULE_MARGIN * nearest[..., 0]
+        for precision in PRECISIONS:
+            got = codebook_assign(x, codewords, precision=precision, backend="triton").labels
+            bad = int(((got != want) & clear).sum())
+            ok = bad == 0 if precision in (auto, "ieee") else None  # tf32 (and tf32x3 when not auto): info
+            report.line(
+                f"labels rule {kind} {precision}",
+                ok,
+                f"{bad} violations on {int(clear.sum())} clear frames; {int((got != want).sum())} differ in all",
+            )
+
+
+def check_statistics(report: Report, shape, device) -> None:
+    from spidr_hf.kernels import codebook_assign
+    from spidr_hf.kernels.codebook_assign import reference_codebook_assign
+
+    num_books, _, num_codewords, dim = shape
+    x, codewords = make_data("gaussian", shape, device, seed=1)
+    hard = codebook_assign(x, codewords, backend="triton")
+    counts = torch.zeros(num_books, num_codewords, device=device).scatter_add_(
+        1, hard.labels, torch.ones_like(x[..., 0])
+    )
+    sums = torch.zeros(num_books, num_codewords, dim, device=device, dtype=torch.float64)
+    sums.scatter_add_(1, hard.labels[..., None].expand_as(x), x.double())
+    report.line(
+        "hard counts", bool((hard.counts == counts).all()), "exactly equal to a bincount of the labels"
+    )
+    report.line("hard sums", *_close(hard.sums, sums, 1e-5))
+
+    temperature = float(torch.cdist(x[:1, :256], codewords[:1]).square().std())  # spreads the softmax
+    soft = codebook_assign(x, codewords, temperature=temperature, backend="triton")
+    want = exact_fp32(lambda: reference_codebook_assign(x, codewords, temperature))
+    report.line(f"soft probs (T={temperature:.3g})", *_close(soft.probs, want.probs, 1e-4))
+    report.line("soft counts", *_close(soft.counts, want.counts, 1e-4))
+    report.line("soft sums", *_close(soft.sums, want.sums, 1e-4))
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, tolerance: float) -> tuple[bool, str]:
+    """Max error relative to the largest reference magnitude."""
+    error = float((got.double() - want.double()).abs().max() / want.double().abs().max().clamp_min(1e-30))
+    return error <= tolerance, f"max error {error:.2e} of max |value| (tolerance {tolerance:.0e})"
+
+
+def check_head_loss(report: Report, shape, device) -> None:
+    from spidr_hf.kernels import codebook_head_loss
+
+    num_books, num_frames, num_codewords, _ = shape
+    gen = torch.Generator(device=device).manual_seed(2)
+    labels = torch.randint(0, num_codewords, (num_books, num_frames), device=device, generator=gen)
+    weights = torch.randn(num_books, num_frames, device=device, generator=gen)
+    for dtype in (torch.float32, torch.bfloat16):
+        logits = (3 * torch.randn(num_books, num_frames, num_codewords, device=device, generator=gen)).to(
+            dtype
+        )
+        results = []
+        for backend in ("triton", "torch"):
+            leaf = logits.detach().requires_grad_()
+            losses, prob_sums = codebook_head_loss(leaf, labels, backend=backend)
+            (losses * weights).sum().backward()
+            results.append((losses.detach(), prob_sums, leaf.grad))
+        (losses, prob_sums, grad), (want_losses, want_sums, want_grad) = results
+        grad_tolerance = 1e-5 if dtype == torch.float32 else 1e-2  # bf16 grads: one rounding each
+        name = str(dtype).removeprefix("torch.")
+        report.line(f"head loss {name} losses", *_close(losses, want_losses, 1e-5))
+        report.line(f"head loss {name} prob sums", *_close(prob_sums, want_sums, 1e-5))
+        report.line(f"head loss {name} grads", *_close(grad, want_grad, grad_tolerance))
+
+
+def sweep_configs(report: Report, shape, device) -> None:
+    """Time a few block configurations of the hard assignment kernel (informational)."""
+    from spidr_hf.kernels.codebook_assign import AssignConfig, resolve_precision, triton_codebook_assign
+
+    x, codewords = make_data("gaussian", shape, device, seed=3)
+    precision = resolve_precision("auto", device)
+    timer = bench_codebook.make_timer(device)
+    if device.type == "cpu":
+        configs = [AssignConfig(16, 16, 16, 1, 1), AssignConfig(32, 16, 32, 1, 1)]
+    else:
+        configs = [
+            AssignConfig(block_n=n, block_k=k, block_d=d, num_warps=w, num_stages=s)
+            for n, k, d, w, s in [
+                (128, 128, 32, 8, 3),
+                (128, 128, 32, 4, 3),
+                (64, 128, 32, 4, 3),
+                (128, 64, 32, 4, 3),
+                (128, 256, 32, 8, 2),
+                (64, 256, 32, 8, 3),
+                (128, 128, 64, 8, 2),
+                (256, 128, 32, 8, 2),
+            ]
+        ]
+    timings = []
+    for config in configs:
+        try:
+            micros = timer(lambda config=config: triton_codebook_assign(x, codewords, 0.0, precision, config))
+        except Exception as error:  # e.g. out of shared memory for this block shape
+            report.line("config", None, f"{_describe(config)} failed: {type(error).__name__}")
+            continue
+        timings.append((micros, config))
+        report.line("config", None, f"{_describe(config)}: {micros:.1f} us")
+    if timings:
+        micros, config = min(timings, key=lambda item: item[0])
+        report.line("best config", None, f"{_describe(config)}: {micros:.1f} us ({precision})")
+
+
+def _describe(config) -> str:
+    return f"N{config.block_n} K{config.block_k} D{config.block_d} w{config.num_warps} s{config.num_stages}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny CPU run under the Triton interpreter")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile benchmark column")
+    args = parser.parse_args(argv)
+    if args.cpu_smoke:
+        os.environ["TRITON_INTERPRET"] = "1"  # before spidr_hf imports triton
+        device, shape = torch.device("cpu"), SMOKE_SHAPE
+    elif not torch.cuda.is_available():
+        print(
+            "gpu_kernels_check: no CUDA device; run it on a GPU machine (--cpu-smoke only tests the script)"
+        )
+        return 2
+    else:
+        device, shape = torch.device("cuda"), bench_codebook.TRAINING_SHAPE
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU, Triton interpreter"
+    print(f"device: {name}; C, N, K, D = {shape}", flush=True)
+    report = Report()
+    check_labels_rule(report, shape, device)
+    check_statistics(report, shape, device)
+    check_head_loss(report, shape, device)
+    sweep_configs(report, shape, device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    print(
+        bench_codebook.format_rows(bench_codebook.run_benchmark(shape, device, "auto", not args.no_compile))
+    )
+    print("RESULT:", "FAIL" if report.failed else "PASS", flush=True)
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
