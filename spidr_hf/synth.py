@@ -1,0 +1,673 @@
+"""Phone-aligned synthetic speech corpus rendered with espeak-ng.
+
+The corpus gives the project real speech-like audio with *exact* phone timings, so unit
+quality (phone purity, PNMI, ABX) can be measured without downloading LibriSpeech.
+
+Timings come from espeak-ng itself: its C library (``libespeak-ng.so.1``, shipped by the
+Debian ``espeak-ng`` package) is driven through :mod:`ctypes` in synchronous mode with
+phoneme events enabled. Every ``espeakEVENT_PHONEME`` carries the index of the sample at
+which that phoneme starts in the synthesized stream, so each phone segment runs from its
+event to the next one. Nothing here is estimated or forced-aligned.
+
+Layout written by :func:`synthesize_corpus` (``OUT`` is the output directory)::
+
+    OUT/audio/<speaker>/<utt>.wav   16 kHz mono PCM-16 WAV
+    OUT/manifest.tsv                fairseq: first line = absolute OUT/audio, then "<speaker>/<utt>.wav\\t<num_samples>"
+    OUT/manifest.jsonl              {"id", "path" (relative to OUT), "num_samples", "speaker", "voice", "text"}
+    OUT/alignments.jsonl            {"id", "phones": [one label per 20 ms encoder frame]}
+    OUT/phones.txt                  phone inventory, one per line ("SIL" first, then vowels, then consonants)
+    OUT/phones.item                 ZeroSpeech-style ABX item file (phones with non-silent neighbours)
+    OUT/stats.json                  minutes, utterances, speakers, phones, seed, espeak-ng version
+    OUT/README.md                   the same description for whoever finds the folder
+
+Utterance ids are paths relative to ``OUT/audio`` without extension, e.g. ``en-us-m1/utt00003``.
+"""
+
+from __future__ import annotations
+
+import _ctypes
+import ctypes
+import ctypes.util
+import json
+import logging
+import random
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+FRAME_RATE = 50
+SILENCE = "SIL"
+ESPEAK_INSTALL_HINT = "espeak-ng is not installed; install it: apt-get install espeak-ng"
+
+# SpidR's convolutional feature encoder: (kernel, stride) of its 7 layers (wav2vec 2.0 layout).
+ENCODER_CONV_LAYERS: tuple[tuple[int, int], ...] = ((10, 5),) + ((3, 2),) * 4 + ((2, 2),) * 2
+# receptive field and hop of the encoder, in samples: frame t covers [t*HOP, t*HOP + FIELD)
+FRAME_HOP = 320
+FRAME_FIELD = 400
+
+# American and British English x espeak-ng voice variants (pitch, formants, breathiness):
+# six speakers over two accents keeps the phone inventory near 50. Klatt variants are left
+# out: they draw noise from libc rand(), reproducible only thanks to the reseeding in
+# EspeakSession.synthesize. Other accents (en-gb-scotland, en-029, ...) work via voices=.
+DEFAULT_VOICES: tuple[str, ...] = (
+    "en-us+m1",
+    "en-us+f2",
+    "en-us+m3",
+    "en-us+f4",
+    "en+m2",
+    "en+f3",
+)
+
+# Speaking rate range in words per minute, drawn per utterance for prosodic variety.
+RATE_RANGE = (150, 195)
+
+# IPA letters that start a vowel (monophthongs, diphthongs, r-coloured and syllabic vowels).
+IPA_VOWELS = frozenset("aeiouyæɑɐɒɔəɘɚɛɜɝɞɤɨɪɯɵɶʉʊʌʏøœᵻ")
+
+
+# --------------------------------------------------------------------------- espeak-ng
+
+
+class EspeakError(RuntimeError):
+    """espeak-ng is missing or failed."""
+
+
+# espeak_AUDIO_OUTPUT, espeak_EVENT_TYPE, espeak_PARAMETER and flag values from speak_lib.h
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_INITIALIZE_PHONEME_EVENTS = 0x0001
+_INITIALIZE_PHONEME_IPA = 0x0002
+_EVENT_LIST_TERMINATED = 0
+_EVENT_PHONEME = 7
+_PARAM_RATE = 1
+_CHARS_UTF8 = 1
+_POS_CHARACTER = 1
+_EE_OK = 0
+
+
+class _EventId(ctypes.Union):
+    """``espeak_EVENT.id``: a number, a name pointer, or an 8-byte phoneme name."""
+
+    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+
+
+class _Event(ctypes.Structure):
+    """``espeak_EVENT`` from speak_lib.h (API revision 12)."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),  # milliseconds from the start of this message
+        ("sample", ctypes.c_int),  # sample index from the start of this message
+        ("user_data", ctypes.c_void_p),
+        ("id", _EventId),
+    ]
+
+
+_SynthCallback = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
+)
+
+
+def _library_name() -> str:
+    return ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
+
+
+class EspeakSession:
+    """One freshly loaded libespeak-ng, initialized for synchronous synthesis with IPA phoneme events.
+
+    espeak-ng keeps synthesis state in C statics that no API call resets (e.g. the phase of
+    its pitch flutter), so the same text rendered twice in one process comes out a few
+    samples different. A session loads the library afresh and unloads it on :meth:`close`
+    (``dlclose`` drops the last reference, the next ``dlopen`` maps pristine statics), which
+    makes every rendering independent of what was rendered before. Costs ~5 ms.
+    """
+
+    def __init__(self) -> None:
+        try:
+            self._lib = ctypes.CDLL(_library_name())
+        except OSError as error:
+            raise EspeakError(ESPEAK_INSTALL_HINT) from error
+        self._declare_signatures()
+        options = _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_PHONEME_IPA
+        self.sample_rate = self._lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None, options)
+        if self.sample_rate <= 0:
+            self._unload()
+            raise EspeakError(f"espeak_Initialize failed (no espeak-ng-data?). {ESPEAK_INSTALL_HINT}")
+        self.version = self._lib.espeak_Info(None).decode()
+        self._chunks: list[np.ndarray] = []
+        self._events: list[tuple[int, str]] = []
+        self._callback = _SynthCallback(self._on_audio)  # kept on self: C holds only a raw pointer
+        self._lib.espeak_SetSynthCallback(self._callback)
+
+    def __enter__(self) -> EspeakSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Terminate espeak-ng and unload the library."""
+        if self._lib is not None:
+            self._lib.espeak_Terminate()
+            self._unload()
+
+    def _unload(self) -> None:
+        _ctypes.dlclose(self._lib._handle)
+        self._lib = None
+
+    def _declare_signatures(self) -> None:
+        lib = self._lib
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_Initialize.restype = ctypes.c_int
+        lib.espeak_Info.argtypes = [ctypes.c_void_p]
+        lib.espeak_Info.restype = ctypes.c_char_p
+        lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
+        lib.espeak_SetSynthCallback.restype = None
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_SetVoiceByName.restype = ctypes.c_int
+        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_SetParameter.restype = ctypes.c_int
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
+        lib.espeak_Synth.restype = ctypes.c_int
+        lib.espeak_Terminate.argtypes = []
+        lib.espeak_Terminate.restype = ctypes.c_int
+
+    def _on_audio(self, wav, num_samples: int, events) -> int:
+        """SynthCallback: keep the audio block and the phoneme events of this block."""
+        if wav and num_samples > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
+        i = 0
+        while events[i].type != _EVENT_LIST_TERMINATED:
+            event = events[i]
+            if event.type == _EVENT_PHONEME:
+                # the name fills all 8 bytes when it needs to, otherwise it is NUL-terminated
+                name = event.id.string.split(b"\0")[0].decode("utf-8", errors="replace")
+                self._events.append((event.sample, name))
+            i += 1
+        return 0  # 0 = continue synthesis
+
+    def set_voice(self, voice: str) -> None:
+        """Select a voice by name, with an optional ``+variant`` (e.g. ``en-us+f2``)."""
+        if self._lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
+            raise ValueError(f"espeak-ng has no voice {voice!r} (see `espeak-ng --voices=en`)")
+
+    def synthesize(
+        self, text: str, voice: str, rate: int | None = None, seed: int = 0
+    ) -> tuple[np.ndarray, list[tuple[int, str]]]:
+        """Speak ``text``: int16 samples at :attr:`sample_rate`, and (start sample, IPA name) per phoneme.
+
+        Pauses come back with an empty name. ``seed`` reseeds libc's ``rand()``, which
+        espeak-ng's noise sources (Klatt variants) draw from.
+        """
+        self.set_voice(voice)
+        if rate is not None:
+            self._lib.espeak_SetParameter(_PARAM_RATE, int(rate), 0)
+        _LIBC.srand(ctypes.c_uint(seed & 0xFFFFFFFF))
+        self._chunks, self._events = [], []
+        data = text.encode("utf-8") + b"\0"
+        status = self._lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+        if status != _EE_OK:
+            raise EspeakError(f"espeak_Synth failed with status {status} for {text!r}")
+        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int16)
+        return audio.astype(np.int16, copy=False), list(self._events)
+
+
+_LIBC = ctypes.CDLL(None)  # the process's libc, whose rand() espeak-ng uses
+
+
+def synthesize(
+    text: str, voice: str, rate: int | None = None, seed: int = 0
+) -> tuple[np.ndarray, list[tuple[int, str]], int]:
+    """Render ``text`` in a fresh espeak-ng session: (int16 audio, [(start sample, IPA name)], sample rate)."""
+    with EspeakSession() as session:
+        audio, events = session.synthesize(text, voice, rate=rate, seed=seed)
+        return audio, events, session.sample_rate
+
+
+def espeak_version() -> str:
+    """espeak-ng's version string (raises :class:`EspeakError` if it is not installed)."""
+    with EspeakSession() as session:
+        return session.version
+
+
+def check_voices(voices: list[str] | tuple[str, ...]) -> None:
+    """Raise ``ValueError`` naming the first voice espeak-ng does not have."""
+    with EspeakSession() as session:
+        for voice in voices:
+            session.set_voice(voice)
+
+
+def espeak_available() -> bool:
+    """Whether espeak-ng's library and data can be loaded here."""
+    try:
+        espeak_version()
+    except EspeakError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- alignment
+
+
+def num_frames(num_samples: int) -> int:
+    """SpidR encoder frames for ``num_samples`` samples: ``L = floor((L - k) / s) + 1`` per conv layer."""
+    length = num_samples
+    for kernel, stride in ENCODER_CONV_LAYERS:
+        if length < kernel:
+            return 0
+        length = (length - kernel) // stride + 1
+    return length
+
+
+def frame_centers(count: int) -> np.ndarray:
+    """Centre time in seconds of encoder frames ``0..count-1``: ``(t * 320 + 200) / 16000``."""
+    return (np.arange(count) * FRAME_HOP + FRAME_FIELD / 2) / SAMPLE_RATE
+
+
+def frame_alignment(segments: list[tuple[str, float, float]], num_samples: int) -> list[str]:
+    """One phone label per encoder frame: the segment covering the frame centre, else ``SIL``."""
+    centers = frame_centers(num_frames(num_samples))
+    starts = np.array([start for _, start, _ in segments], dtype=np.float64)
+    index = np.searchsorted(starts, centers, side="right") - 1
+    labels = []
+    for center, i in zip(centers, index, strict=True):
+        inside = i >= 0 and center < segments[i][2]
+        labels.append(segments[i][0] if inside else SILENCE)
+    return labels
+
+
+def phone_segments(
+    events: list[tuple[int, str]], num_samples: int, sample_rate: int
+) -> list[tuple[str, float, float]]:
+    """Turn phoneme start events into contiguous segments tiling ``[0, num_samples / sample_rate]``.
+
+    Each phone lasts until the next event; audio before the first event, pauses (empty
+    names) and runs of them become one ``SIL`` segment; zero-length segments are dropped.
+    """
+    starts = [min(max(sample, 0), num_samples) for sample, _ in events]
+    if starts != sorted(starts):
+        raise EspeakError("espeak-ng phoneme events are not in time order")
+    bounds = [0, *starts, num_samples]
+    names = [SILENCE] + [name.strip() or SILENCE for _, name in events]
+    segments: list[tuple[str, int, int]] = []
+    for name, start, end in zip(names, bounds[:-1], bounds[1:], strict=True):
+        if end <= start:
+            continue
+        if segments and name == SILENCE and segments[-1][0] == SILENCE:
+            segments[-1] = (SILENCE, segments[-1][1], end)  # merge consecutive pauses
+        else:
+            segments.append((name, start, end))
+    return [(name, start / sample_rate, end / sample_rate) for name, start, end in segments]
+
+
+def _to_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """int16 samples at ``sample_rate`` -> float32 in [-1, 1] at 16 kHz."""
+    wave = torch.from_numpy(audio.astype(np.float32) / 32768.0)
+    if sample_rate != SAMPLE_RATE:
+        wave = AF.resample(wave, sample_rate, SAMPLE_RATE)
+    return wave.clamp_(-1.0, 1.0).numpy()  # resampling can overshoot full scale slightly
+
+
+def render(
+    text: str, voice: str = DEFAULT_VOICES[0], rate: int | None = None, seed: int = 0
+) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+    """Synthesize ``text``: (16 kHz mono float32 wave, [(phone, start_s, end_s)] tiling the audio).
+
+    Phones are espeak-ng's IPA names; pauses and leading/trailing silence are ``SIL``.
+    """
+    audio, events, sample_rate = synthesize(text, voice, rate=rate, seed=seed)
+    if audio.size == 0:
+        raise EspeakError(f"espeak-ng produced no audio for {text!r} with voice {voice!r}")
+    wave = _to_16k(audio, sample_rate)
+    segments = phone_segments(events, audio.size, sample_rate)
+    # the resampled wave is a fraction of a sample longer or shorter: end the last segment with it
+    name, start, _ = segments[-1]
+    segments[-1] = (name, start, wave.size / SAMPLE_RATE)
+    return wave, segments
+
+
+# --------------------------------------------------------------------------- sentences
+
+_DETERMINERS = ["the", "a", "every", "some", "my", "your", "this", "that", "one", "no", "her", "our"]
+_ADJECTIVES = [
+    "big", "small", "yellow", "purple", "quiet", "loud", "thick", "thin", "cheap", "huge", "smooth",
+    "rough", "shiny", "fuzzy", "young", "ancient", "warm", "cold", "bright", "gloomy", "strange",
+    "usual", "joyful", "jagged", "vivid", "hollow", "brave", "awkward", "wise", "lazy", "eager",
+]  # fmt: skip
+_NOUNS = [
+    "cat", "dog", "boy", "girl", "judge", "teacher", "farmer", "singer", "child", "doctor", "thief",
+    "pilot", "zebra", "goat", "horse", "fish", "bird", "mouse", "garage", "treasure", "book", "chair",
+    "bottle", "engine", "window", "church", "ship", "voice", "song", "letter", "orange", "bridge",
+    "village", "mountain", "river", "measure", "thread", "jacket", "whistle", "rhythm", "oyster",
+    "kitchen", "violin", "cushion", "puzzle", "vision", "wheel", "shoe", "king", "queen",
+]  # fmt: skip
+_VERBS_PAST = [
+    "saw", "found", "pushed", "pulled", "washed", "fixed", "chased", "watched", "judged", "thanked",
+    "bought", "caught", "threw", "joined", "moved", "used", "showed", "enjoyed", "measured", "painted",
+    "carried", "touched", "visited", "borrowed", "questioned", "admired", "followed", "hugged",
+]  # fmt: skip
+_VERBS_BASE = [
+    "see", "find", "push", "pull", "wash", "fix", "chase", "watch", "thank", "buy", "catch", "throw",
+    "join", "move", "use", "show", "enjoy", "paint", "carry", "touch", "visit", "borrow", "follow",
+]  # fmt: skip
+_PREPOSITIONS = ["near", "behind", "under", "with", "beside", "through", "across", "toward", "over", "inside"]
+_ADVERBS = ["quickly", "slowly", "gently", "yesterday", "again", "happily", "loudly", "often", "together"]
+_SUBJECTS = ["she", "he", "they", "we", "you", "nobody", "everyone", "the judge", "my uncle", "our teacher"]
+
+
+def _noun_phrase(rng: random.Random) -> str:
+    words = [rng.choice(_DETERMINERS)]
+    if rng.random() < 0.6:
+        words.append(rng.choice(_ADJECTIVES))
+    words.append(rng.choice(_NOUNS))
+    return " ".join(words)
+
+
+def make_sentence(rng: random.Random) -> str:
+    """One random sentence from a small English grammar (statements, questions, compounds)."""
+    form = rng.randrange(5)
+    if form == 0:
+        body = f"{_noun_phrase(rng)} {rng.choice(_VERBS_PAST)} {_noun_phrase(rng)} {rng.choice(_PREPOSITIONS)} {_noun_phrase(rng)}."
+    elif form == 1:
+        body = f"{_noun_phrase(rng)} {rng.choice(_VERBS_PAST)} {_noun_phrase(rng)}, and {rng.choice(_SUBJECTS)} {rng.choice(_VERBS_PAST)} it {rng.choice(_ADVERBS)}."
+    elif form == 2:
+        body = f"why did {_noun_phrase(rng)} {rng.choice(_VERBS_BASE)} {_noun_phrase(rng)}?"
+    elif form == 3:
+        body = (
+            f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS_PAST)} {_noun_phrase(rng)} {rng.choice(_ADVERBS)}."
+        )
+    else:
+        body = f"{rng.choice(_PREPOSITIONS)} {_noun_phrase(rng)}, {_noun_phrase(rng)} {rng.choice(_VERBS_PAST)} {_noun_phrase(rng)}."
+    return body[0].upper() + body[1:]
+
+
+def make_text(rng: random.Random) -> str:
+    """One utterance: one or two sentences."""
+    count = 1 if rng.random() < 0.6 else 2
+    return " ".join(make_sentence(rng) for _ in range(count))
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+def speaker_name(voice: str) -> str:
+    """Directory-safe speaker name of an espeak voice (``en-us+m1`` -> ``en-us-m1``)."""
+    return voice.replace("+", "-").replace("/", "-")
+
+
+def is_vowel(phone: str) -> bool:
+    """Whether an IPA phone label is a vowel (it starts with a vowel letter)."""
+    return bool(phone) and phone[0] in IPA_VOWELS
+
+
+def phone_inventory(phones: set[str] | list[str]) -> list[str]:
+    """Order phones as ``SIL``, vowels, consonants (each alphabetical) for tables and plots."""
+    unique = set(phones) - {SILENCE}
+    vowels = sorted(p for p in unique if is_vowel(p))
+    consonants = sorted(p for p in unique if not is_vowel(p))
+    return [SILENCE, *vowels, *consonants]
+
+
+@dataclass
+class Utterance:
+    """One rendered utterance of the corpus."""
+
+    id: str
+    speaker: str
+    voice: str
+    text: str
+    num_samples: int
+    segments: list[tuple[str, float, float]]
+    phones: list[str]  # one label per encoder frame
+
+
+@dataclass
+class CorpusInfo:
+    """What :func:`synthesize_corpus` wrote."""
+
+    root: Path
+    seed: int
+    voices: list[str]
+    utterances: list[Utterance] = field(repr=False)
+    phones: list[str]
+    espeak_version: str
+
+    @property
+    def num_samples(self) -> int:
+        return sum(u.num_samples for u in self.utterances)
+
+    @property
+    def minutes(self) -> float:
+        return self.num_samples / SAMPLE_RATE / 60
+
+    @property
+    def speakers(self) -> list[str]:
+        return [speaker_name(v) for v in self.voices]
+
+
+def _utterance_seed(seed: int, index: int) -> int:
+    """A per-utterance libc seed that depends on the corpus seed and the utterance index."""
+    return (seed * 1_000_003 + index) & 0xFFFFFFFF
+
+
+def render_utterance(index: int, rng: random.Random, voice: str, seed: int) -> tuple[Utterance, np.ndarray]:
+    """Draw the text and rate of utterance ``index`` from ``rng`` and render it."""
+    text = make_text(rng)
+    rate = rng.randint(*RATE_RANGE)
+    wave, segments = render(text, voice, rate=rate, seed=_utterance_seed(seed, index))
+    speaker = speaker_name(voice)
+    utt = Utterance(
+        id=f"{speaker}/utt{index:05d}",
+        speaker=speaker,
+        voice=voice,
+        text=text,
+        num_samples=int(wave.size),
+        segments=segments,
+        phones=frame_alignment(segments, wave.size),
+    )
+    return utt, wave
+
+
+def item_rows(utt: Utterance) -> list[str]:
+    """ZeroSpeech item lines (``#file onset offset #phone prev-phone next-phone speaker``) for one utterance.
+
+    Only phones whose neighbours are phones (not ``SIL``) and that span at least one 50 Hz
+    feature frame inside the encoder output are kept, as fastabx needs non-empty slices.
+    """
+    rows = []
+    total_frames = num_frames(utt.num_samples)
+    for (prev, _, _), (phone, onset, offset), (nxt, _, _) in zip(
+        utt.segments, utt.segments[1:], utt.segments[2:], strict=False
+    ):
+        if SILENCE in (prev, phone, nxt):
+            continue
+        # the slice fastabx takes for [onset, offset] at 50 Hz
+        first = int(np.ceil(onset * FRAME_RATE - 0.5))
+        last = int(np.floor(offset * FRAME_RATE - 0.5)) + 1
+        if last <= first or last > total_frames:
+            continue
+        rows.append(f"{utt.id} {onset:.4f} {offset:.4f} {phone} {prev} {nxt} {utt.speaker}")
+    return rows
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _corpus_stats(info: CorpusInfo) -> dict:
+    """Summary numbers for stats.json."""
+    per_speaker = {s: {"utterances": 0, "seconds": 0.0} for s in info.speakers}
+    frame_counts: Counter[str] = Counter()
+    for utt in info.utterances:
+        per_speaker[utt.speaker]["utterances"] += 1
+        per_speaker[utt.speaker]["seconds"] += utt.num_samples / SAMPLE_RATE
+        frame_counts.update(utt.phones)
+    for speaker, voice in zip(info.speakers, info.voices, strict=True):
+        per_speaker[speaker] = {"voice": voice, **per_speaker[speaker]}
+        per_speaker[speaker]["seconds"] = round(per_speaker[speaker]["seconds"], 3)
+    return {
+        "minutes": round(info.minutes, 4),
+        "utterances": len(info.utterances),
+        "speakers": per_speaker,
+        "phones": len(info.phones),
+        "phone_frame_counts": {p: frame_counts[p] for p in info.phones},
+        "frames": sum(frame_counts.values()),
+        "sample_rate": SAMPLE_RATE,
+        "frame_rate": FRAME_RATE,
+        "seed": info.seed,
+        "espeak_ng_version": info.espeak_version,
+    }
+
+
+_README = """# Synthetic phone-aligned speech corpus
+
+Rendered by `spidr-hf synth-corpus` with espeak-ng {version} (seed {seed}): {utterances} utterances,
+{minutes:.2f} minutes, voices {voices}. Phone timings are espeak-ng's own phoneme events (exact
+sample offsets of the synthesizer), not a forced alignment. Phones are espeak-ng IPA names; pauses
+and edges are `SIL`.
+
+- `audio/<speaker>/<utt>.wav`: 16 kHz mono PCM-16.
+- `manifest.tsv`: fairseq manifest (first line: root dir; then `<speaker>/<utt>.wav<TAB>num_samples`).
+- `manifest.jsonl`: one object per utterance: `id`, `path` (relative to this folder), `num_samples`, `speaker`, `voice`, `text`.
+- `alignments.jsonl`: `{{"id", "phones"}}`, one phone per 20 ms SpidR encoder frame
+  (`floor((num_samples - 400) / 320) + 1` frames; frame t labelled by the phone at `(t * 320 + 200) / 16000` s).
+- `phones.txt`: phone inventory (`SIL`, vowels, consonants).
+- `phones.item`: ZeroSpeech-style ABX item file (`#file onset offset #phone prev-phone next-phone speaker`).
+- `stats.json`: corpus statistics.
+"""
+
+
+def write_corpus_files(info: CorpusInfo) -> None:
+    """Write the manifests, alignments, inventory, item file, stats and README of a rendered corpus."""
+    root = info.root
+    audio_root = (root / "audio").resolve()
+    with (root / "manifest.tsv").open("w", encoding="utf-8") as f:
+        f.write(f"{audio_root}\n")
+        f.writelines(f"{u.id}.wav\t{u.num_samples}\n" for u in info.utterances)
+    _write_jsonl(
+        root / "manifest.jsonl",
+        [
+            {
+                "id": u.id,
+                "path": f"audio/{u.id}.wav",
+                "num_samples": u.num_samples,
+                "speaker": u.speaker,
+                "voice": u.voice,
+                "text": u.text,
+            }
+            for u in info.utterances
+        ],
+    )
+    _write_jsonl(root / "alignments.jsonl", [{"id": u.id, "phones": u.phones} for u in info.utterances])
+    (root / "phones.txt").write_text("".join(f"{p}\n" for p in info.phones), encoding="utf-8")
+    item_lines = ["#file onset offset #phone prev-phone next-phone speaker"]
+    for utt in info.utterances:
+        item_lines.extend(item_rows(utt))
+    (root / "phones.item").write_text("\n".join(item_lines) + "\n", encoding="utf-8")
+    stats = _corpus_stats(info)
+    (root / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    readme = _README.format(
+        version=info.espeak_version,
+        seed=info.seed,
+        utterances=len(info.utterances),
+        minutes=info.minutes,
+        voices=", ".join(info.voices),
+    )
+    (root / "README.md").write_text(readme, encoding="utf-8")
+
+
+def _prepare_output(root: Path, overwrite: bool) -> None:
+    """Refuse to mix two corpora in one folder; with ``overwrite``, drop the old audio first."""
+    audio = root / "audio"
+    if audio.exists() or (root / "manifest.tsv").exists():
+        if not overwrite:
+            raise FileExistsError(
+                f"{root} already holds a corpus; pass overwrite=True (--overwrite) to replace it"
+            )
+        shutil.rmtree(audio, ignore_errors=True)  # stale utterances would otherwise survive
+    root.mkdir(parents=True, exist_ok=True)
+
+
+def synthesize_corpus(
+    out_dir: str | Path,
+    minutes: float,
+    seed: int = 0,
+    voices: list[str] | tuple[str, ...] | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> CorpusInfo:
+    """Render about ``minutes`` of speech (at least one utterance) into ``out_dir``.
+
+    Voices take turns utterance by utterance; texts and speaking rates come from
+    ``random.Random(seed)``, so the same seed gives byte-identical audio and alignments.
+    An existing corpus in ``out_dir`` is an error unless ``overwrite`` (then its audio is removed).
+    """
+    if minutes <= 0:
+        raise ValueError(f"minutes must be positive, got {minutes}")
+    voices = list(voices or DEFAULT_VOICES)
+    speakers = [speaker_name(v) for v in voices]
+    if len(set(speakers)) != len(speakers):
+        raise ValueError(f"voices must be distinct, got {voices}")
+    check_voices(voices)  # fail on a bad voice name before writing anything
+    root = Path(out_dir)
+    _prepare_output(root, overwrite)
+    target_samples = int(minutes * 60 * SAMPLE_RATE)
+    rng = random.Random(seed)
+    utterances: list[Utterance] = []
+    total = 0
+    # progress in seconds of audio; each utterance advances it by its duration
+    bar = tqdm(
+        total=target_samples,
+        unit_scale=1 / SAMPLE_RATE,
+        desc="synthesizing",
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio [{elapsed}<{remaining}{postfix}]",
+        disable=not progress,
+    )
+    with bar:
+        while total < target_samples:
+            index = len(utterances)
+            utt, wave = render_utterance(index, rng, voices[index % len(voices)], seed)
+            path = root / "audio" / f"{utt.id}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, wave, SAMPLE_RATE, subtype="PCM_16")
+            utterances.append(utt)
+            total += utt.num_samples
+            bar.update(min(utt.num_samples, target_samples - bar.n))
+            bar.set_postfix(utterances=len(utterances))
+    phones = phone_inventory({p for u in utterances for p, _, _ in u.segments})
+    info = CorpusInfo(
+        root=root,
+        seed=seed,
+        voices=voices,
+        utterances=utterances,
+        phones=phones,
+        espeak_version=espeak_version(),
+    )
+    write_corpus_files(info)
+    logger.info(
+        "wrote %d utterances (%.2f min, %d phones) to %s", len(utterances), info.minutes, len(phones), root
+    )
+    return info
