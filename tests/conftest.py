@@ -9,14 +9,18 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURE_DIR = Path(os.environ.get("SPIDR_FIXTURES", REPO.parent / "shared" / "fixtures")) / "upstream-spidr-tiny"
+FIXTURE_DIR = (
+    Path(os.environ.get("SPIDR_FIXTURES", REPO.parent / "shared" / "fixtures")) / "upstream-spidr-tiny"
+)
 
 
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:
     """`../shared/fixtures/upstream-spidr-tiny`, or a skip where the checkout has no ../shared."""
     if not (FIXTURE_DIR / "checkpoint.pt").is_file():
-        pytest.skip(f"reference fixtures not found at {FIXTURE_DIR} (they live in ../shared, next to the repo)")
+        pytest.skip(
+            f"reference fixtures not found at {FIXTURE_DIR} (they live in ../shared, next to the repo)"
+        )
     return FIXTURE_DIR
 
 

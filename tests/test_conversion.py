@@ -40,8 +40,13 @@ def test_conversion_is_lossless(fixture_dir, converted_dir):
     converted = load_file(converted_dir / "model.safetensors")
     flat = sum(t.numel() for k, t in reference.items() if k != "current_step")
     assert sum(t.numel() for k, t in converted.items() if k != "current_step") == flat
-    assert torch.equal(converted["spidr.encoder.layers.1.attention.out_proj.weight"], reference["student.layers.1.attention.proj.weight"])
-    assert torch.equal(converted["teacher.layers.0.attention.qkv.weight"], reference["teacher.layers.0.attention.qkv.weight"])
+    assert torch.equal(
+        converted["spidr.encoder.layers.1.attention.out_proj.weight"],
+        reference["student.layers.1.attention.proj.weight"],
+    )
+    assert torch.equal(
+        converted["teacher.layers.0.attention.qkv.weight"], reference["teacher.layers.0.attention.qkv.weight"]
+    )
     assert torch.equal(converted["heads.1.bias"], reference["heads.1.0.bias"])
     assert torch.equal(converted["codebook_sums"][1], reference["codebooks.1.codebook"])
     assert torch.equal(converted["codebook_counts"][0], reference["codebooks.0.counts"])
@@ -50,7 +55,11 @@ def test_conversion_is_lossless(fixture_dir, converted_dir):
 def test_config_is_read_from_reference_config(converted_dir):
     config = SpidRConfig.from_pretrained(converted_dir)
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (64, 4, 4)
-    assert (config.intermediate_size, config.conv_dim[0], config.num_conv_pos_embedding_groups) == (128, 32, 4)
+    assert (config.intermediate_size, config.conv_dim[0], config.num_conv_pos_embedding_groups) == (
+        128,
+        32,
+        4,
+    )
     assert (config.num_codebooks, config.codebook_size, config.codebook_layers) == (2, 16, [3, 4])
     assert config.hidden_dropout == 0.0 and config.head_input == "before_residual"
 
@@ -86,7 +95,12 @@ def test_dinosr_model_type(fixture_dir, tmp_path):
 def test_config_inferred_from_weights_without_reference_config(fixture_dir, caplog):
     state = load_reference_state_dict(fixture_dir / "checkpoint.pt")
     config = config_from_reference(state, None)
-    assert (config.hidden_size, config.intermediate_size, config.num_codebooks, config.codebook_size) == (64, 128, 2, 16)
+    assert (config.hidden_size, config.intermediate_size, config.num_codebooks, config.codebook_size) == (
+        64,
+        128,
+        2,
+        16,
+    )
     assert config.num_conv_pos_embedding_groups == 4 and config.pos_conv_kernel == 19
     assert config.num_attention_heads == 1  # 64 dims per head: the warning tells the user to pass --config
     assert "Pass --config" in caplog.text

@@ -60,7 +60,9 @@ def test_padded_batch_equals_single_utterances(tiny_config, attn_implementation)
             assert batch.frame_attention_mask[b].sum() == frames
             for got, want in zip(batch.before_residual_states, single.before_residual_states, strict=True):
                 torch.testing.assert_close(got[b, :frames], want[0], atol=1e-5, rtol=0)
-            torch.testing.assert_close(batch.last_hidden_state[b, :frames], single.last_hidden_state[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                batch.last_hidden_state[b, :frames], single.last_hidden_state[0], atol=1e-5, rtol=0
+            )
 
 
 def test_sdpa_equals_eager(tiny_config):

@@ -26,7 +26,9 @@ def _pretraining_model(converted_dir, backend: str) -> SpidRForPreTraining:
 def test_single_utterance_features(encoder, expected):
     with torch.no_grad():
         out = encoder(expected["waveforms"][:1], output_hidden_states=True)
-    torch.testing.assert_close(out.projected_features[0], expected["single.features"], atol=FEATURE_ATOL, rtol=0)
+    torch.testing.assert_close(
+        out.projected_features[0], expected["single.features"], atol=FEATURE_ATOL, rtol=0
+    )
     for layer in range(1, encoder.config.num_hidden_layers + 1):
         torch.testing.assert_close(
             out.before_residual_states[layer - 1][0],
@@ -35,9 +37,14 @@ def test_single_utterance_features(encoder, expected):
             rtol=0,
         )
         torch.testing.assert_close(
-            out.hidden_states[layer][0], expected[f"single.layer{layer}.after_residual"], atol=FEATURE_ATOL, rtol=0
+            out.hidden_states[layer][0],
+            expected[f"single.layer{layer}.after_residual"],
+            atol=FEATURE_ATOL,
+            rtol=0,
         )
-    torch.testing.assert_close(out.last_hidden_state[0], expected["single.last_hidden_state"], atol=FEATURE_ATOL, rtol=0)
+    torch.testing.assert_close(
+        out.last_hidden_state[0], expected["single.last_hidden_state"], atol=FEATURE_ATOL, rtol=0
+    )
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
@@ -67,7 +74,9 @@ def test_pretraining_losses_and_labels(converted_dir, expected, backend):
     torch.testing.assert_close(out.frame_losses, expected["pretrain.frame_losses"], atol=LOSS_ATOL, rtol=0)
     torch.testing.assert_close(out.loss, expected["pretrain.frame_losses"].mean(), atol=LOSS_ATOL, rtol=0)
     torch.testing.assert_close(out.target_perplexity, expected["pretrain.target_ppl"], atol=LOSS_ATOL, rtol=0)
-    torch.testing.assert_close(out.prediction_perplexity, expected["pretrain.pred_ppl"], atol=LOSS_ATOL, rtol=0)
+    torch.testing.assert_close(
+        out.prediction_perplexity, expected["pretrain.pred_ppl"], atol=LOSS_ATOL, rtol=0
+    )
     for i in range(model.config.num_codebooks):
         assert torch.equal(out.teacher_labels[i], expected[f"pretrain.teacher_labels{i + 1}"])
 
