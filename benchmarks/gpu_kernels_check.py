@@ -8,7 +8,8 @@ Checks, at the training shape (C=8, N=9590, K=256, D=768) on two kinds of data:
 2. statistics: hard counts exactly equal to a bincount of our labels, hard sums and soft
    (temperature > 0) probs / counts / sums against fp64 math from the same labels / the reference;
 3. head loss: frame losses, prob sums and gradients against autograd of the reference, fp32 and bf16;
-4. a short sweep of assignment block sizes (for tuning the untuned GPU defaults);
+4. a short sweep of assignment block sizes (for tuning the untuned GPU defaults) and the time of each
+   input precision;
 5. ``bench_codebook``'s benchmark.
 
 Prints one compact line per check and exits 1 if a required check fails. ``--cpu-smoke`` runs it all
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_codebook  # noqa: E402
 
 PRECISIONS = ("ieee", "tf32x3", "tf32")
-SMOKE_SHAPE = (2, 120, 24, 32)
+SMOKE_SHAPE = (2, 40, 20, 24)
 RULE_MARGIN = 1e-4
 
 
@@ -179,6 +180,10 @@ def sweep_configs(report: Report, shape, device) -> None:
     if timings:
         micros, config = min(timings, key=lambda item: item[0])
         report.line("best config", None, f"{_describe(config)}: {micros:.1f} us ({precision})")
+    # What the labels rule costs: the default config at each input precision.
+    for other in PRECISIONS:
+        micros = timer(lambda other=other: triton_codebook_assign(x, codewords, 0.0, other))
+        report.line(f"precision {other}", None, f"{micros:.1f} us with the default config")
 
 
 def _describe(config) -> str:
