@@ -14,20 +14,23 @@ Two implementations share one entry point, :func:`codebook_assign`:
 
 * a plain-PyTorch reference, chunked over frames so memory stays bounded, which runs anywhere;
 * Triton kernels (see ``_assign_kernel``). Hard assignment is ONE launch for all codebooks: the
-  grid is (N-blocks, C); each program streams K tiles, each an accumulation of ``tl.dot`` over D
-  tiles, keeps a running (min, argmin) per frame, then adds its frames to the statistics with
+  grid is (N-blocks, C), N-blocks on the fast axis so that programs running together share one
+  codebook's codewords in L2; each program streams K tiles, each an accumulation of ``tl.dot`` over
+  D tiles, keeps a running (min, argmin) per frame, then adds its frames to the statistics with
   relaxed ``tl.atomic_add`` (one per frame for counts, one per frame element for sums). Atomics
-  were chosen over a second reduction kernel because a deterministic segment-sum would reread x
-  once per K tile and cost another K x N x D matmul, while the atomics touch each frame once more
-  (from L2) and spread over K codeword rows. The price: fp32 summation order, hence the sums' last
-  bits, vary from run to run. Soft assignment uses two launches: the assignment kernel also runs an
-  online softmax (running max and sum over K tiles), stashes the scaled scores in the ``probs``
-  output itself (an N x K buffer that must be written anyway; no other N x K buffer exists) and
-  normalises them in place in a second sweep over its own rows; then ``_soft_stats_kernel``
-  computes ``counts = sum_n probs`` and ``sums = probs^T x`` as a deterministic blocked matmul,
-  because probability-weighted sums would need K x D atomics per frame block.
+  were chosen over a second reduction kernel because a deterministic reduction needs either a
+  one-hot x frames matmul (another C x N x K x D of work) or a sort of the labels (more launches),
+  while the atomics reread each frame block once (from L2) and spread over K codeword rows. The
+  price: fp32 summation order, hence the sums' last bits, vary from run to run. Soft assignment
+  uses two launches: the assignment kernel also runs an online softmax (running max and sum over K
+  tiles), keeps the scaled scores in the ``probs`` output between its two sweeps (that N x K
+  buffer is written anyway; no other exists) and normalises them in place in a second sweep over
+  its own rows; then ``_soft_stats_kernel`` computes ``counts = sum_n probs`` and
+  ``sums = probs^T x`` as a deterministic blocked matmul, because probability-weighted sums by
+  atomics would cost K x D atomics per frame block.
 
-No one-hot matrix is materialised by either path, and the Triton path writes no distance matrix.
+No one-hot matrix is materialised by either path. The hard Triton path writes no N x K matrix at
+all; the soft one writes only its ``probs`` output.
 
 ``precision`` picks ``tl.dot``'s ``input_precision`` for fp32 operands on CUDA: ``"ieee"`` (exact
 fp32 FMA, slowest), ``"tf32x3"`` (each operand split into two TF32 halves, three tensor-core
