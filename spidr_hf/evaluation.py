@@ -1,0 +1,461 @@
+"""Quality of discrete speech units against frame-level phone labels, plots, and ABX.
+
+Unit metrics follow HuBERT (Hsu et al., 2021, section IV-C) and SpidR: from the joint
+distribution ``p(y, z)`` of phone ``y`` and unit ``z`` over aligned 20 ms frames,
+
+* **phone purity** ``E_z[max_y p(y | z)]``: how well a unit predicts one phone;
+* **cluster purity** ``E_y[max_z p(z | y)]``: how concentrated a phone is on one unit;
+* **PNMI** ``I(y; z) / H(y)``: the share of phone uncertainty a unit removes (0 to 1);
+
+and, from the units alone, **codebook perplexity** ``2^H(z)``, **active codewords** (units
+used at least once) and **bitrate** ``log2(K) x`` deduplicated units per second (consecutive
+repeats collapsed within each utterance; 50 frames per second).
+
+Unit-distribution metrics (perplexity, active codewords, bitrate) use every aligned frame;
+``exclude_silence`` only drops ``SIL`` frames from the phone/unit statistics.
+
+Inputs are the synthetic corpus's ``alignments.jsonl`` (``{"id", "phones": [label per frame]}``)
+and ``spidr-hf extract``'s ``units.jsonl`` (``{"id", "units": [int per frame], ...}``, other
+keys ignored). ABX goes through the optional ``fastabx`` package (``pip install spidr-hf[abx]``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .units import deduplicate
+
+SILENCE = "SIL"
+FRAME_RATE = 50
+MAX_LENGTH_MISMATCH = 2  # frames; convolution edge effects, not a misalignment
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_jsonl_field(path: str | Path, key: str) -> dict[str, list]:
+    """``{id: record[key]}`` from a JSON-lines file; a repeated id or a missing key is an error."""
+    result: dict[str, list] = {}
+    with Path(path).open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if "id" not in record or key not in record:
+                raise ValueError(f"{path}:{number}: expected keys 'id' and {key!r}, got {sorted(record)}")
+            if record["id"] in result:
+                raise ValueError(f"{path}:{number}: id {record['id']!r} appears twice")
+            result[record["id"]] = record[key]
+    return result
+
+
+def read_alignments(path: str | Path) -> dict[str, list[str]]:
+    """Frame phone labels by utterance id from ``alignments.jsonl``."""
+    return read_jsonl_field(path, "phones")
+
+
+def read_units(path: str | Path) -> dict[str, list[int]]:
+    """Frame units by utterance id from ``units.jsonl``."""
+    return read_jsonl_field(path, "units")
+
+
+def read_phone_inventory(path: str | Path) -> list[str]:
+    """Phone labels of ``phones.txt``, one per line, in file order."""
+    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------- pairing
+
+
+def _name_some(ids: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(i) for i in ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def pair_frames(
+    alignments: Mapping[str, Sequence[str]],
+    units: Mapping[str, Sequence[int]],
+    max_mismatch: int = MAX_LENGTH_MISMATCH,
+) -> list[tuple[str, list[str], list[int]]]:
+    """``(id, phones, units)`` per utterance, both truncated to the shorter of the two.
+
+    Raises ``ValueError`` naming the ids present on one side only, or whose lengths differ
+    by more than ``max_mismatch`` frames.
+    """
+    no_units = [i for i in alignments if i not in units]
+    no_phones = [i for i in units if i not in alignments]
+    if no_units or no_phones:
+        problems = []
+        if no_units:
+            problems.append(f"{len(no_units)} ids have alignments but no units: {_name_some(no_units)}")
+        if no_phones:
+            problems.append(f"{len(no_phones)} ids have units but no alignments: {_name_some(no_phones)}")
+        raise ValueError("; ".join(problems))
+    pairs = []
+    for utt_id, phones in alignments.items():
+        codes = units[utt_id]
+        if abs(len(phones) - len(codes)) > max_mismatch:
+            raise ValueError(
+                f"{utt_id!r}: {len(phones)} phone frames but {len(codes)} unit frames "
+                f"(more than {max_mismatch} apart: different frame rate or a different file?)"
+            )
+        length = min(len(phones), len(codes))
+        pairs.append((utt_id, list(phones[:length]), [int(c) for c in codes[:length]]))
+    return pairs
+
+
+# --------------------------------------------------------------------------- counting
+
+
+@dataclass
+class FrameCounts:
+    """Co-occurrence counts of aligned frames, the input of every unit metric."""
+
+    counts: np.ndarray  # (phones, codebook_size) frames with phone y and unit z
+    phones: list[str]  # row labels
+    unit_counts: np.ndarray  # (codebook_size,) frames per unit over all aligned frames
+    dedup_units: int  # units left after collapsing repeats within each utterance
+    num_frames: int  # all aligned frames (before any silence exclusion)
+    num_utterances: int
+    excluded_silence: bool
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self.unit_counts.size)
+
+
+def count_frames(
+    pairs: Sequence[tuple[str, Sequence[str], Sequence[int]]],
+    codebook_size: int | None = None,
+    phones: Sequence[str] | None = None,
+    exclude_silence: bool = False,
+    silence: str = SILENCE,
+) -> FrameCounts:
+    """Count (phone, unit) frames of :func:`pair_frames` output.
+
+    ``codebook_size`` defaults to the largest unit + 1. ``phones`` fixes the row order
+    (e.g. ``phones.txt``); labels it lacks are appended in sorted order.
+    """
+    all_units = (
+        np.concatenate([np.asarray(u, dtype=np.int64) for _, _, u in pairs])
+        if pairs
+        else np.zeros(0, np.int64)
+    )
+    if all_units.size == 0:
+        raise ValueError("no aligned frames to evaluate")
+    if all_units.min() < 0:
+        raise ValueError(f"units must be non-negative codeword indices, found {int(all_units.min())}")
+    size = int(all_units.max()) + 1 if codebook_size is None else codebook_size
+    if all_units.max() >= size:
+        raise ValueError(f"unit {int(all_units.max())} is outside the codebook of size {size}")
+    labels = [p for _, ph, _ in pairs for p in ph]
+    order = list(phones or [])
+    order += sorted(set(labels) - set(order))
+    if exclude_silence and silence in order:
+        order.remove(silence)
+    row = {p: i for i, p in enumerate(order)}
+    keep = np.array([p in row for p in labels], dtype=bool)
+    if not keep.any():
+        raise ValueError("no frames left to evaluate after excluding silence")
+    rows = np.array([row.get(p, 0) for p in labels], dtype=np.int64)[keep]
+    joint = np.bincount(rows * size + all_units[keep], minlength=len(order) * size).reshape(len(order), size)
+    return FrameCounts(
+        counts=joint,
+        phones=order,
+        unit_counts=np.bincount(all_units, minlength=size),
+        dedup_units=sum(len(deduplicate(list(u))) for _, _, u in pairs),
+        num_frames=int(all_units.size),
+        num_utterances=len(pairs),
+        excluded_silence=exclude_silence,
+    )
+
+
+# --------------------------------------------------------------------------- metrics on counts
+
+
+def joint_distribution(counts: np.ndarray) -> np.ndarray:
+    """``p(y, z)`` from a phone x unit count matrix."""
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum()
+    if counts.ndim != 2 or total <= 0:
+        raise ValueError("need a 2-D count matrix with at least one count")
+    return counts / total
+
+
+def phone_purity(counts: np.ndarray) -> float:
+    """``sum_z p(z) max_y p(y | z) = sum_z max_y p(y, z)``."""
+    return float(joint_distribution(counts).max(axis=0).sum())
+
+
+def cluster_purity(counts: np.ndarray) -> float:
+    """``sum_y p(y) max_z p(z | y) = sum_y max_z p(y, z)``."""
+    return float(joint_distribution(counts).max(axis=1).sum())
+
+
+def entropy_bits(counts: np.ndarray) -> float:
+    """Shannon entropy in bits of the distribution proportional to ``counts``."""
+    p = np.asarray(counts, dtype=np.float64).ravel()
+    p = p[p > 0] / p.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def mutual_information_bits(counts: np.ndarray) -> float:
+    """``I(y; z)`` in bits of the joint distribution proportional to ``counts``."""
+    joint = joint_distribution(counts)
+    outer = joint.sum(axis=1, keepdims=True) * joint.sum(axis=0, keepdims=True)
+    nz = joint > 0
+    return float((joint[nz] * np.log2(joint[nz] / outer[nz])).sum())
+
+
+def pnmi(counts: np.ndarray) -> float:
+    """Phone-normalized mutual information ``I(y; z) / H(y)``; NaN when there is a single phone."""
+    phone_entropy = entropy_bits(np.asarray(counts).sum(axis=1))
+    return mutual_information_bits(counts) / phone_entropy if phone_entropy > 0 else math.nan
+
+
+def perplexity(unit_counts: np.ndarray) -> float:
+    """Codebook perplexity ``2^H(z)``: the number of equally used units with the same entropy."""
+    return float(2.0 ** entropy_bits(unit_counts))
+
+
+def active_codewords(unit_counts: np.ndarray) -> int:
+    """Number of units used at least once."""
+    return int((np.asarray(unit_counts) > 0).sum())
+
+
+def bitrate(dedup_units: int, num_frames: int, codebook_size: int, frame_rate: float = FRAME_RATE) -> float:
+    """``log2(K) x`` deduplicated units per second of audio (``num_frames / frame_rate`` seconds)."""
+    if num_frames <= 0:
+        raise ValueError("bitrate needs at least one frame")
+    return math.log2(codebook_size) * dedup_units * frame_rate / num_frames
+
+
+def sequences_bitrate(
+    sequences: Sequence[Sequence[int]], codebook_size: int, frame_rate: float = FRAME_RATE
+) -> float:
+    """:func:`bitrate` of unit sequences, each deduplicated on its own."""
+    dedup = sum(len(deduplicate(list(s))) for s in sequences)
+    return bitrate(dedup, sum(len(s) for s in sequences), codebook_size, frame_rate)
+
+
+def metrics_from_counts(frames: FrameCounts, frame_rate: float = FRAME_RATE) -> dict[str, Any]:
+    """All unit metrics of :class:`FrameCounts` as a JSON-ready dict."""
+    return {
+        "phone_purity": phone_purity(frames.counts),
+        "cluster_purity": cluster_purity(frames.counts),
+        "pnmi": pnmi(frames.counts),
+        "codebook_perplexity": perplexity(frames.unit_counts),
+        "active_codewords": active_codewords(frames.unit_counts),
+        "codebook_size": frames.codebook_size,
+        "bitrate": bitrate(frames.dedup_units, frames.num_frames, frames.codebook_size, frame_rate),
+        "num_utterances": frames.num_utterances,
+        "num_frames": frames.num_frames,
+        "num_phone_frames": int(frames.counts.sum()),
+        "num_phones": int((frames.counts.sum(axis=1) > 0).sum()),
+        "excluded_silence": frames.excluded_silence,
+    }
+
+
+def evaluate_units(
+    alignments: Mapping[str, Sequence[str]],
+    units: Mapping[str, Sequence[int]],
+    codebook_size: int | None = None,
+    exclude_silence: bool = False,
+    phones: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Unit metrics of ``units`` against frame phone ``alignments`` (both keyed by utterance id).
+
+    Per utterance, lengths may differ by up to 2 frames (the longer is truncated); a larger
+    difference or an id on one side only raises ``ValueError`` naming it.
+    """
+    pairs = pair_frames(alignments, units)
+    frames = count_frames(pairs, codebook_size=codebook_size, phones=phones, exclude_silence=exclude_silence)
+    return metrics_from_counts(frames)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def unit_order(counts: np.ndarray) -> np.ndarray:
+    """Used units sorted by their most likely phone (row index), then by decreasing ``p(phone | unit)``."""
+    counts = np.asarray(counts, dtype=np.float64)
+    used = np.flatnonzero(counts.sum(axis=0) > 0)
+    conditional = counts[:, used] / counts[:, used].sum(axis=0)
+    best = conditional.argmax(axis=0)
+    return used[np.lexsort((-conditional.max(axis=0), best))]
+
+
+def plot_phone_unit_matrix(
+    counts: np.ndarray, phones: Sequence[str], path: str | Path, title: str | None = None
+) -> Path:
+    """PNG of ``P(phone | unit)``: phones in given order down, used units across sorted by most likely phone."""
+    plt = _pyplot()
+    counts = np.asarray(counts, dtype=np.float64)
+    order = unit_order(counts)
+    conditional = counts[:, order] / counts[:, order].sum(axis=0)
+    height = max(4.0, 0.16 * len(phones) + 1.5)
+    fig, ax = plt.subplots(figsize=(max(6.0, min(16.0, 0.02 * len(order) + 6)), height))
+    image = ax.imshow(conditional, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=1)
+    ax.set_yticks(range(len(phones)), labels=list(phones), fontsize=7)
+    ax.set_xlabel(f"units ({len(order)} used, sorted by most likely phone)")
+    ax.set_ylabel("phone")
+    ax.set_title(title or "P(phone | unit)")
+    fig.colorbar(image, ax=ax, label="P(phone | unit)")
+    return _save(fig, path)
+
+
+def plot_codebook_usage(unit_counts: np.ndarray, path: str | Path, title: str | None = None) -> Path:
+    """PNG histogram of frames per codeword index, with active codewords and perplexity in the title."""
+    plt = _pyplot()
+    unit_counts = np.asarray(unit_counts)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(np.arange(unit_counts.size), unit_counts, width=1.0, color="tab:blue")
+    ax.set_xlim(-0.5, unit_counts.size - 0.5)
+    ax.set_xlabel("codeword index")
+    ax.set_ylabel("frames")
+    summary = (
+        f"{active_codewords(unit_counts)}/{unit_counts.size} active, perplexity {perplexity(unit_counts):.1f}"
+    )
+    ax.set_title(f"{title}: {summary}" if title else f"codebook usage: {summary}")
+    return _save(fig, path)
+
+
+def plot_loss_curve(
+    points: Sequence[tuple[int, float]], path: str | Path, title: str = "training loss", ylabel: str = "loss"
+) -> Path:
+    """PNG line plot of ``(step, loss)`` points."""
+    if not points:
+        raise ValueError("no (step, loss) points to plot")
+    plt = _pyplot()
+    steps, losses = zip(*points, strict=True)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, losses, marker="." if len(points) <= 50 else None, linewidth=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- ABX (fastabx)
+
+ABX_INSTALL_HINT = "ABX needs the fastabx package (Python >= 3.12): pip install spidr-hf[abx]"
+
+
+def _import_fastabx():
+    try:
+        import fastabx
+    except ImportError as error:
+        raise ImportError(ABX_INSTALL_HINT) from error
+    return fastabx
+
+
+def load_features(path: str | Path, key: str | None = None):
+    """A ``(frames, dim)`` float tensor from ``.safetensors`` (tensor ``key``, or the only one), ``.npy`` or ``.pt``."""
+    import torch
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        tensors = load_file(path)
+        if key is None and len(tensors) != 1:
+            raise ValueError(f"{path} holds tensors {sorted(tensors)}: choose one with key= (--feature-key)")
+        tensor = tensors[key] if key is not None else next(iter(tensors.values()))
+    elif path.suffix == ".npy":
+        tensor = torch.from_numpy(np.load(path))
+    else:
+        tensor = torch.load(path, map_location="cpu", weights_only=True)
+    return tensor.float()
+
+
+def abx_error_rates(
+    item: str | Path,
+    features_dir: str | Path,
+    *,
+    speaker_modes: Sequence[str] = ("within", "across"),
+    context: str = "within",
+    extension: str = ".safetensors",
+    feature_key: str | None = None,
+    feature_maker: Callable[[str | Path], Any] | None = None,
+    distance: str = "angular",
+    frequency: int = FRAME_RATE,
+    max_size_group: int | None = 10,
+    max_x_across: int | None = 5,
+    seed: int = 0,
+    device: str | None = None,
+) -> dict[str, float]:
+    """ZeroSpeech-style ABX error rates (0 best, 0.5 chance) with ``fastabx.zerospeech_abx``.
+
+    ``item`` is an item file (``#file onset offset #phone prev-phone next-phone speaker``,
+    e.g. the synthetic corpus's ``phones.item``); ``#file`` is a feature file's path relative
+    to ``features_dir`` without ``extension`` (the layout of ``spidr-hf extract``).
+    Subsampling defaults (10 per group, 5 X across speakers) are ZeroSpeech 2021's.
+    Returns ``{"abx_within_speaker": ..., "abx_across_speaker": ...}`` for the requested modes.
+    """
+    fastabx = _import_fastabx()
+    maker = feature_maker or (lambda p: load_features(p, feature_key))
+    results = {}
+    for mode in speaker_modes:
+        results[f"abx_{mode}_speaker"] = float(
+            fastabx.zerospeech_abx(
+                str(item),
+                str(features_dir),
+                max_size_group=max_size_group,
+                max_x_across=max_x_across,
+                speaker=mode,
+                context=context,
+                distance=distance,
+                frequency=frequency,
+                feature_maker=maker,
+                extension=extension,
+                seed=seed,
+                device=device,
+                progress=False,
+            )
+        )
+    return results
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def json_ready(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Replace NaN/inf by ``None`` so the dict is strict JSON."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+
+
+def format_table(metrics: Mapping[str, Any]) -> str:
+    """A two-column text table of metrics (floats with 4 decimals)."""
+    width = max(len(k) for k in metrics) if metrics else 0
+    lines = []
+    for key, value in metrics.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"{key:<{width}}  {shown}")
+    return "\n".join(lines)
