@@ -463,7 +463,9 @@ class CorpusInfo:
 
     @property
     def speakers(self) -> list[str]:
-        return [speaker_name(v) for v in self.voices]
+        """Speakers with at least one utterance, in voice order (a short corpus may not reach them all)."""
+        used = {u.speaker for u in self.utterances}
+        return [s for s in map(speaker_name, self.voices) if s in used]
 
 
 def _utterance_seed(seed: int, index: int) -> int:
@@ -519,15 +521,15 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
 
 def _corpus_stats(info: CorpusInfo) -> dict:
     """Summary numbers for stats.json."""
-    per_speaker = {s: {"utterances": 0, "seconds": 0.0} for s in info.speakers}
+    voice_of = {speaker_name(v): v for v in info.voices}
+    per_speaker = {s: {"voice": voice_of[s], "utterances": 0, "seconds": 0.0} for s in info.speakers}
     frame_counts: Counter[str] = Counter()
     for utt in info.utterances:
         per_speaker[utt.speaker]["utterances"] += 1
         per_speaker[utt.speaker]["seconds"] += utt.num_samples / SAMPLE_RATE
         frame_counts.update(utt.phones)
-    for speaker, voice in zip(info.speakers, info.voices, strict=True):
-        per_speaker[speaker] = {"voice": voice, **per_speaker[speaker]}
-        per_speaker[speaker]["seconds"] = round(per_speaker[speaker]["seconds"], 3)
+    for entry in per_speaker.values():
+        entry["seconds"] = round(entry["seconds"], 3)
     return {
         "minutes": round(info.minutes, 4),
         "utterances": len(info.utterances),

@@ -111,18 +111,15 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> synth.CorpusInfo:
 
 def test_corpus_has_requested_duration_and_all_files(corpus: synth.CorpusInfo) -> None:
     assert MINUTES <= corpus.minutes < MINUTES + 0.2
-    for name in [
-        "manifest.tsv",
-        "manifest.jsonl",
-        "alignments.jsonl",
-        "phones.txt",
-        "phones.item",
-        "stats.json",
-    ]:
+    names = ["manifest.tsv", "manifest.jsonl", "alignments.jsonl", "phones.txt", "phones.item", "stats.json"]
+    for name in [*names, "README.md"]:
         assert (corpus.root / name).is_file(), name
     stats = json.loads((corpus.root / "stats.json").read_text())
     assert stats["utterances"] == len(corpus.utterances) and stats["phones"] == len(corpus.phones)
     assert stats["minutes"] == pytest.approx(corpus.minutes, abs=1e-3)
+    assert list(stats["speakers"]) == corpus.speakers
+    assert set(corpus.speakers) == {u.speaker for u in corpus.utterances}
+    assert sum(s["utterances"] for s in stats["speakers"].values()) == len(corpus.utterances)
 
 
 def test_manifests_agree_with_audio_files(corpus: synth.CorpusInfo) -> None:
