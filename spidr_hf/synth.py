@@ -145,7 +145,9 @@ class EspeakSession:
         if self.sample_rate <= 0:
             self._unload()
             raise EspeakError(f"espeak_Initialize failed (no espeak-ng-data?). {ESPEAK_INSTALL_HINT}")
-        self.version = self._lib.espeak_Info(None).decode()
+        data_path = ctypes.c_char_p()
+        self.version = self._lib.espeak_Info(ctypes.byref(data_path)).decode()
+        self.data_path = Path(data_path.value.decode()) if data_path.value else None
         self._chunks: list[np.ndarray] = []
         self._events: list[tuple[int, str]] = []
         self._callback = _SynthCallback(self._on_audio)  # kept on self: C holds only a raw pointer
@@ -209,6 +211,12 @@ class EspeakSession:
 
     def set_voice(self, voice: str) -> None:
         """Select a voice by name, with an optional ``+variant`` (e.g. ``en-us+f2``)."""
+        _, _, variant = voice.partition("+")
+        # espeak-ng silently ignores an unknown variant, which would duplicate the base voice
+        if variant and self.data_path and not (self.data_path / "voices" / "!v" / variant).is_file():
+            raise ValueError(
+                f"espeak-ng has no voice variant {variant!r} (see {self.data_path / 'voices' / '!v'})"
+            )
         if self._lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
             raise ValueError(f"espeak-ng has no voice {voice!r} (see `espeak-ng --voices=en`)")
 

@@ -97,6 +97,9 @@ def test_render_is_independent_of_what_was_rendered_before() -> None:
 def test_unknown_voice_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no voice 'xx-nope'"):
         synth.synthesize_corpus(tmp_path / "c", 0.01, voices=["xx-nope"], progress=False)
+    with pytest.raises(ValueError, match="no voice variant 'm99'"):  # espeak-ng itself would ignore it
+        synth.synthesize_corpus(tmp_path / "c", 0.01, voices=["en-us+m99"], progress=False)
+    assert not (tmp_path / "c" / "audio").exists()
 
 
 # --------------------------------------------------------------------------- corpus
