@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# Without a GPU, Triton kernels run in its interpreter; Triton reads this once, at its first import.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_DIR = (
     Path(os.environ.get("SPIDR_FIXTURES", REPO.parent / "shared" / "fixtures")) / "upstream-spidr-tiny"
