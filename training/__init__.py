@@ -1,9 +1,11 @@
 """How SpidR learns: data, masking, the pretraining recipe and its Trainer.
 
-`spidr_hf.training.data` and `spidr_hf.training.masking` build batches; `arguments`, `recipe` and
-`trainer` turn them into a transformers `Trainer` run (see `spidr-hf pretrain`).
+`data` and `masking` build batches; `arguments` (the recipe's numbers), `recipe` (schedule, model,
+recipe files) and `trainer` (a transformers `Trainer` subclass) run the pretraining that
+`spidr-hf pretrain` exposes.
 """
 
+from .arguments import SpidRTrainingArguments, parse_pretraining_args
 from .data import (
     LengthBudgetBatchSampler,
     PretrainingCollator,
@@ -14,15 +16,26 @@ from .data import (
     write_manifest,
 )
 from .masking import compute_span_mask, num_frames
+from .recipe import BUILTIN_RECIPES, TriStageSchedule, load_pretraining_model, load_recipe
+from .trainer import SpidRPretrainer, SpidRTeacherCallback, pretraining_param_groups
 
 __all__ = [
+    "BUILTIN_RECIPES",
     "LengthBudgetBatchSampler",
     "PretrainingCollator",
     "SpidRAudioDataset",
+    "SpidRPretrainer",
+    "SpidRTeacherCallback",
+    "SpidRTrainingArguments",
+    "TriStageSchedule",
     "Utterance",
     "compute_span_mask",
     "is_empty_batch",
+    "load_pretraining_model",
+    "load_recipe",
     "load_training_index",
     "num_frames",
+    "parse_pretraining_args",
+    "pretraining_param_groups",
     "write_manifest",
 ]

@@ -1,0 +1,501 @@
+"""SpidR pretraining through a transformers `Trainer` subclass.
+
+The training loop, checkpointing, logging, mixed precision and DDP are the Trainer's (with
+accelerate). `SpidRPretrainer` adds only what SpidR needs, through documented hooks:
+
+* `get_train_dataloader`: the audio dataset, a length-budget batch sampler sharded over ranks,
+  the pretraining collator (crops, standardisation, span masks);
+* `get_batch_samples` + `compute_loss`: the loss of an optimizer step is the mean over the masked
+  frames of *all* its micro-batches on *all* ranks, exactly the loss of one big batch;
+* `create_optimizer` / `create_scheduler`: AdamW over the student only (two groups, the teacher
+  excluded) and the tri-stage learning rate;
+* `SpidRTeacherCallback.on_optimizer_step`: codebook update, then teacher EMA, once per real
+  optimizer step; the feature encoder is frozen on schedule;
+* `log`: perplexities, EMA decay, skipped files and audio throughput next to the Trainer's
+  loss, learning rate and gradient norm (so they reach TensorBoard and every other logger).
+
+Distributed training: `torchrun` or `accelerate launch` (DDP) work; the codebook statistics are
+all-reduced by the model, every rank applies the same EMA, so all ranks hold identical teachers.
+FSDP is untested: the EMA and the codebook update expect full (unsharded) parameters and buffers on
+every rank, which FSDP does not give; use DDP.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from functools import partial
+from itertools import cycle, islice
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import extract_model_from_parallel
+from spidr_hf.modeling import SpidRConfig, SpidRFeatureExtractor, SpidRForPreTraining
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader, Sampler
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import seed_worker
+
+from spidr_hf.audio import SAMPLING_RATE
+
+from .arguments import SpidRTrainingArguments
+from .data import LengthBudgetBatchSampler, PretrainingCollator, SpidRAudioDataset, is_empty_batch
+from .masking import num_frames
+from .recipe import format_hours, hours_of_audio
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------- model helpers
+def unwrap(model: nn.Module) -> SpidRForPreTraining:
+    """The `SpidRForPreTraining` inside a DDP / compiled wrapper."""
+    return extract_model_from_parallel(model)
+
+
+def feature_encoder_parameters(model: SpidRForPreTraining) -> list[nn.Parameter]:
+    """Parameters of the shared waveform feature extractor and projection (frozen on schedule)."""
+    return [*model.spidr.feature_extractor.parameters(), *model.spidr.feature_projection.parameters()]
+
+
+def freeze_feature_encoder_if_due(model: SpidRForPreTraining) -> bool:
+    """Freeze the feature encoder once `current_step` reaches `config.freeze_feature_encoder_step`.
+
+    `current_step` counts optimizer (EMA) steps, so the encoder trains for exactly that many steps,
+    as in the reference. Returns whether it is frozen now.
+    """
+    params = feature_encoder_parameters(model)
+    if int(model.current_step) < model.config.freeze_feature_encoder_step:
+        return False
+    if any(p.requires_grad for p in params):
+        logger.info("step %d: freezing the feature extractor and projection", int(model.current_step))
+        model.freeze_feature_encoder()
+    return True
+
+
+def freeze_unused_student_norm(model: SpidRForPreTraining) -> None:
+    """SpidR heads read layer outputs *before* the last LayerNorm, so that LayerNorm never gets a gradient.
+
+    The reference freezes it; so do we, otherwise DDP (without find_unused_parameters) waits for
+    its gradient forever. DinoSR heads read the final output and need it.
+    """
+    if model.config.head_input == "before_residual":
+        model.spidr.encoder.layers[-1].final_layer_norm.requires_grad_(False)
+
+
+def pretraining_param_groups(model: SpidRForPreTraining, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: the student (encoder, mask embedding, heads) and the feature encoder.
+
+    The teacher is excluded by name, not only by `requires_grad`: it moves by EMA alone. As in the
+    reference, weight decay applies to every parameter. The feature encoder keeps its own group so
+    the optimizer's layout is the same before and after it is frozen (checkpoints stay loadable).
+    """
+    teacher = {id(p) for p in model.teacher.parameters()}
+    encoder = {id(p) for p in feature_encoder_parameters(model)}
+    student, frozen_later = [], []
+    for p in model.parameters():
+        if id(p) in teacher:
+            continue
+        if id(p) in encoder:
+            frozen_later.append(p)
+        elif p.requires_grad:
+            student.append(p)
+    return [
+        {"params": student, "weight_decay": weight_decay, "name": "student"},
+        {"params": frozen_later, "weight_decay": weight_decay, "name": "feature_encoder"},
+    ]
+
+
+# ---------------------------------------------------------------------------------- teacher callback
+class SpidRTeacherCallback(TrainerCallback):
+    """Codebooks, EMA teacher and feature-encoder freezing, on the Trainer's step events.
+
+    Why `on_optimizer_step`: the Trainer fires it once per optimizer step, right after
+    `optimizer.step()` and only after the last micro-batch of a gradient-accumulation cycle, so
+    the teacher moves once per update however many micro-batches there were. Micro-batches
+    of a step all see the same codebooks because the trainer sets `model.defer_codebook_update`,
+    and their statistics are applied here in one collective. When accelerate reports the step as
+    skipped (fp16 overflow), neither the codebooks nor the teacher move.
+    """
+
+    def __init__(self) -> None:
+        self.last_ema_decay: float | None = None
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        freeze_feature_encoder_if_due(unwrap(kwargs["model"]))
+
+    def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        # DDP with find_unused_parameters hands frozen parameters zero gradients; AdamW would still
+        # apply momentum and weight decay to them. A None gradient makes it skip them.
+        for p in unwrap(kwargs["model"]).parameters():
+            if not p.requires_grad:
+                p.grad = None
+
+    def on_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        model = unwrap(kwargs["model"])
+        if getattr(kwargs.get("optimizer"), "step_was_skipped", False):
+            # The model has no public "discard" yet: drop the statistics so a skipped step changes nothing.
+            model._pending_codebook_stats = None
+            return
+        model.apply_codebook_update()
+        self.last_ema_decay = model.ema_step()
+
+
+# ---------------------------------------------------------------------------------- data loading
+class FixedLengthEpochs(Sampler[list]):
+    """Every epoch yields exactly as many batches as the first one.
+
+    Length-budget batching fills batches differently each epoch, so the batch count can change by
+    a few. The Trainer computes epochs and, on resume, how many batches to skip from one fixed
+    length: longer epochs are cut (their last batches, in shuffled order) and shorter ones repeat
+    their first batches, which keeps that arithmetic, and so exact resumption, right.
+    """
+
+    def __init__(self, sampler: LengthBudgetBatchSampler) -> None:
+        self.sampler = sampler
+        sampler.set_epoch(0)
+        self.num_batches = len(sampler)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list]:
+        return islice(cycle(list(self.sampler)), self.num_batches)
+
+
+class EpochDataLoader(DataLoader):
+    """A DataLoader that forwards `set_epoch` to its batch sampler (the Trainer calls it every epoch)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
+
+
+def build_train_dataset(source: Any, args: SpidRTrainingArguments) -> SpidRAudioDataset:
+    """`source` (a `SpidRAudioDataset`, a folder/manifest path or a `datasets.Dataset`) as a dataset."""
+    if isinstance(source, SpidRAudioDataset):
+        return source
+    if source is None:
+        raise ValueError("SpidRPretrainer needs training audio: pass train_dataset or set args.train_data.")
+    return SpidRAudioDataset.from_source(
+        source,
+        min_samples=args.min_samples,
+        max_samples=args.max_samples,
+        seed=args.data_seed if args.data_seed is not None else args.seed,
+        strict=args.strict_audio,
+    )
+
+
+# ---------------------------------------------------------------------------------- the trainer
+class SpidRPretrainer(Trainer):
+    """A `Trainer` for [`SpidRForPreTraining`] with the SpidR recipe (see the module docstring).
+
+    Args:
+        model: the pretraining model (student, teacher, codebooks, heads).
+        args: a [`SpidRTrainingArguments`].
+        train_dataset: a `SpidRAudioDataset`, a folder / manifest path or a `datasets.Dataset`;
+            default: `args.train_data`.
+        data_collator: default: a `PretrainingCollator` with the arguments' masking settings.
+        kwargs: passed to `Trainer` (e.g. `callbacks`).
+
+    Loss normalisation: for an optimizer step with micro-batches `b` on ranks `r`, each
+    micro-batch contributes `sum(frame_losses_b) * world_size / N`, where `N` is the number of
+    masked frames of the whole step (all micro-batches, all ranks; one all-reduce per step in
+    `get_batch_samples`). Gradients add up over micro-batches and DDP averages them over ranks,
+    so the update is the gradient of `sum(all frame losses) / N`: one big batch.
+    """
+
+    # compute_loss already divides by the step's global masked-frame count: no extra 1/accumulation.
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model: SpidRForPreTraining,
+        args: SpidRTrainingArguments,
+        train_dataset: Any = None,
+        data_collator: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(args, SpidRTrainingArguments):
+            raise TypeError("SpidRPretrainer needs SpidRTrainingArguments (they carry the data and masking settings).")
+        if args.n_gpu > 1:
+            raise ValueError(
+                "nn.DataParallel (several GPUs in one process) is not supported: the codebooks and teacher must "
+                "update once per step. Launch one process per GPU with torchrun or accelerate launch."
+            )
+        # Micro-batches of one optimizer step must all see the same codebooks (updated in on_optimizer_step).
+        model.defer_codebook_update = True
+        freeze_unused_student_norm(model)
+        if args.ddp_find_unused_parameters is None:
+            args.ddp_find_unused_parameters = _needs_find_unused_parameters(model, args)
+        self.data_seed = args.data_seed if args.data_seed is not None else args.seed
+        train_dataset = build_train_dataset(train_dataset if train_dataset is not None else args.train_data, args)
+        if data_collator is None:
+            data_collator = PretrainingCollator.from_config(
+                model.config,
+                seed=self.data_seed,
+                mask_prob=args.mask_prob,
+                mask_length=args.mask_length,
+                min_masks=args.min_masks,
+            )
+        self.teacher_callback = SpidRTeacherCallback()
+        callbacks = [self.teacher_callback, *(kwargs.pop("callbacks", None) or [])]
+        kwargs.setdefault("processing_class", SpidRFeatureExtractor())  # saved with every checkpoint
+        super().__init__(
+            model=model, args=args, train_dataset=train_dataset, data_collator=data_collator, callbacks=callbacks, **kwargs
+        )
+        self.metrics = PretrainingMetrics()
+
+    # ------------------------------------------------------------------ data
+    def get_train_dataloader(self) -> DataLoader:
+        """Length-budget batches of this rank's shard, collated into cropped, masked batches.
+
+        The order is a function of the data seed and the epoch; crops and masks are functions of
+        (seed, epoch, utterances of the batch). The loader is not passed through
+        `accelerator.prepare`: the sampler already shards by rank, and the Trainer moves batches to
+        the device itself.
+        """
+        sampler = LengthBudgetBatchSampler(
+            self.train_dataset.lengths,
+            self.args.per_device_max_batch_samples,
+            seed=self.data_seed,
+            num_replicas=self.args.world_size,
+            rank=self.args.process_index,
+            max_samples=self.args.max_samples,
+            num_buckets=self.args.num_buckets,
+            yield_epoch=True,  # the epoch travels with each key: right even with persistent workers
+        )
+        workers = self.args.dataloader_num_workers
+        return EpochDataLoader(
+            self.train_dataset,
+            batch_sampler=FixedLengthEpochs(sampler),
+            collate_fn=self.data_collator,
+            num_workers=workers,
+            pin_memory=self.args.dataloader_pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.args.dataloader_persistent_workers and workers > 0,
+            prefetch_factor=self.args.dataloader_prefetch_factor if workers > 0 else None,
+            worker_init_fn=partial(seed_worker, num_workers=workers, rank=self.args.process_index),
+        )
+
+    def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, device: torch.device) -> tuple[list, Any]:
+        """Fetch the micro-batches of one optimizer step and count, over all ranks, their masked frames.
+
+        The count (at least 1) is what `compute_loss` divides by; the audio and skipped-file counts
+        ride along in the same all-reduce for logging.
+        """
+        batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        counts = torch.tensor(
+            [
+                sum(int(b["mask_time_indices"].sum()) for b in batches),
+                sum(b["input_values"].numel() for b in batches),
+                sum(int(b.get("num_skipped", 0)) for b in batches),
+            ],
+            dtype=torch.long,
+            device=device,
+        )
+        if self.args.world_size > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        masked, samples, skipped = counts.tolist()
+        self.metrics.add_step(audio_samples=samples, skipped_files=skipped)
+        return batches, max(masked, 1)
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """Sum of this micro-batch's frame losses x world size / the step's global masked-frame count.
+
+        Outside the training loop (`num_items_in_batch=None`) it is the batch's own mean. A batch
+        whose utterances all failed to decode gives a zero loss that still touches every trainable
+        parameter, so DDP's gradient all-reduce runs on every rank.
+        """
+        if is_empty_batch(inputs):
+            outputs = None
+            loss = self._empty_batch_loss(model)
+        else:
+            outputs = model(input_values=inputs["input_values"], mask_time_indices=inputs["mask_time_indices"])
+            if num_items_in_batch is None:
+                loss = outputs.loss
+            else:
+                loss = outputs.frame_losses.sum() * self.args.world_size / num_items_in_batch
+            if model.training:
+                self.metrics.add_batch(outputs.target_perplexity, outputs.prediction_perplexity)
+        return (loss, outputs) if return_outputs else loss
+
+    def _empty_batch_loss(self, model: nn.Module) -> torch.Tensor:
+        """0 x the loss of a small fixed input, run in eval mode (no dropout, no codebook statistics)."""
+        config: SpidRConfig = unwrap(model).config
+        length = config.receptive_field + config.inputs_to_logits_ratio * 2 * self.args.mask_length
+        generator = torch.Generator().manual_seed(0)
+        waves = torch.randn(1, length, generator=generator).to(self.args.device)
+        mask = torch.ones(1, num_frames(length, config.conv_kernel, config.conv_stride), dtype=torch.bool)
+        was_training = model.training
+        model.eval()
+        try:
+            outputs = model(input_values=waves, mask_time_indices=mask.to(self.args.device))
+        finally:
+            model.train(was_training)
+        return outputs.frame_losses.sum() * 0.0
+
+    # ------------------------------------------------------------------ optimizer and schedule
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """AdamW (or `args.optim`) over `pretraining_param_groups`: the teacher is never optimised.
+
+        A model that resumes at or past `freeze_feature_encoder_step` is frozen here, before DDP
+        wraps it, so DDP never waits for gradients of frozen parameters.
+        """
+        if self.optimizer is None:
+            spidr = unwrap(model if model is not None else self.model)
+            freeze_feature_encoder_if_due(spidr)
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, spidr)
+            self.optimizer = optimizer_cls(pretraining_param_groups(spidr, self.args.weight_decay), **optimizer_kwargs)
+        return self.optimizer
+
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        """The tri-stage schedule of the recipe (or the Trainer's `lr_scheduler_type` with `lr_schedule='trainer'`)."""
+        if self.args.lr_schedule == "trainer":
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            self.lr_scheduler = LambdaLR(optimizer or self.optimizer, self.args.tri_stage_schedule())
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    # ------------------------------------------------------------------ logging
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add SpidR's training metrics to every training log (all ranks call this together)."""
+        if "loss" in logs:
+            logs.update(self.metrics.pop(self.accelerator, self.args.world_size))
+            if self.teacher_callback.last_ema_decay is not None:
+                logs["ema_decay"] = self.teacher_callback.last_ema_decay
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ final model
+    def save_pretrained_model(self, output_dir: str | Path | None = None) -> Path:
+        """Save the trained model as a transformers directory with remote code and a model card.
+
+        The directory (default `args.output_dir`) loads with `AutoModel` (the student encoder) and
+        `SpidRForPreTraining.from_pretrained` (everything, to continue pretraining).
+        """
+        from spidr_hf.convert import save_pretrained_with_code
+        from spidr_hf.model_card import write_model_card
+
+        out = Path(output_dir or self.args.output_dir)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            model = unwrap(self.model)
+            save_pretrained_with_code(model, out)
+            write_model_card(
+                out,
+                model.config,
+                origin="Pretrained with `spidr-hf pretrain` (transformers Trainer, SpidR recipe).",
+                facts=self.run_facts(),
+                title="SpidR (pretrained with spidr-hf)",
+                num_parameters=sum(p.numel() for p in model.spidr.parameters()),
+            )
+        self.accelerator.wait_for_everyone()
+        return out
+
+    def run_facts(self) -> dict[str, object]:
+        """What a model card should say about this run: data, steps, final metrics."""
+        total_samples = sum(self.train_dataset.lengths)
+        last = _last_training_log(self.state.log_history)
+        facts: dict[str, object] = {
+            "training data": f"{self.args.train_data or 'in-memory dataset'}: {len(self.train_dataset)} utterances, "
+            f"{format_hours(hours_of_audio(total_samples))} of audio",
+            "optimizer steps": self.state.global_step,
+            "teacher EMA steps (current_step)": int(unwrap(self.model).current_step),
+            "devices": self.args.world_size,
+            "audio per step per device": f"up to {self.args.per_device_max_batch_samples / SAMPLING_RATE:.1f} s",
+            "gradient accumulation": self.args.gradient_accumulation_steps,
+            "peak learning rate": self.args.learning_rate,
+            "precision": "bf16 autocast" if self.args.bf16 else "fp16 autocast" if self.args.fp16 else "fp32",
+            "seed": self.args.seed,
+        }
+        for key, name in (("loss", "final loss"), ("target_perplexity", "final target perplexity"),
+                          ("prediction_perplexity", "final prediction perplexity")):
+            if key in last:
+                facts[name] = f"{last[key]:.4f}"
+        if self.metrics.total_skipped_files:
+            facts["skipped utterances (unreadable audio)"] = self.metrics.total_skipped_files
+        return facts
+
+
+def _needs_find_unused_parameters(model: SpidRForPreTraining, args: TrainingArguments) -> bool:
+    """DDP must look for unused parameters when layers are dropped or the feature encoder freezes mid-run."""
+    step, freeze = int(model.current_step), model.config.freeze_feature_encoder_step
+    return model.config.layerdrop > 0 or step < freeze < step + args.max_steps
+
+
+def _last_training_log(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The last log entry with a training loss (the history also holds the final summary)."""
+    return next((entry for entry in reversed(history) if "loss" in entry), {})
+
+
+class PretrainingMetrics:
+    """Accumulates SpidR's metrics between two logs: perplexities, audio throughput, skipped files."""
+
+    def __init__(self) -> None:
+        self._perplexities: torch.Tensor | None = None  # on the model's device: target sum, prediction sum, batches
+        self._audio_samples = 0
+        self._skipped_files = 0
+        self._since = time.perf_counter()
+        self.total_skipped_files = 0
+        self.total_audio_samples = 0
+
+    def add_step(self, audio_samples: int, skipped_files: int) -> None:
+        """Counts of one optimizer step, already summed over ranks."""
+        self._audio_samples += audio_samples
+        self._skipped_files += skipped_files
+        self.total_audio_samples += audio_samples
+        self.total_skipped_files += skipped_files
+
+    def add_batch(self, target_perplexity: torch.Tensor, prediction_perplexity: torch.Tensor) -> None:
+        """Perplexities of one micro-batch, summed on the device (no host sync until the next log)."""
+        values = torch.stack([target_perplexity.detach(), prediction_perplexity.detach(), torch.ones_like(target_perplexity)])
+        values = values.double()
+        self._perplexities = values if self._perplexities is None else self._perplexities + values
+
+    def pop(self, accelerator: Any, world_size: int) -> dict[str, float]:
+        """The metrics since the last call (perplexities averaged over ranks' micro-batches); then reset."""
+        sums = torch.zeros(3, dtype=torch.float64) if self._perplexities is None else self._perplexities
+        sums = sums.to(accelerator.device)
+        if world_size > 1:
+            sums = accelerator.reduce(sums, reduction="sum")
+        target, prediction, batches = sums.tolist()
+        elapsed = max(time.perf_counter() - self._since, 1e-9)
+        audio_per_second = self._audio_samples / SAMPLING_RATE / elapsed
+        logs = {
+            "audio_seconds_per_second": audio_per_second,
+            "audio_seconds_per_second_per_device": audio_per_second / world_size,
+            "skipped_files": float(self._skipped_files),
+        }
+        if batches:
+            logs["target_perplexity"] = target / batches
+            logs["prediction_perplexity"] = prediction / batches
+        self._perplexities = None
+        self._audio_samples = self._skipped_files = 0
+        self._since = time.perf_counter()
+        return logs
+
+
+__all__ = [
+    "EpochDataLoader",
+    "FixedLengthEpochs",
+    "PretrainingMetrics",
+    "SpidRPretrainer",
+    "SpidRTeacherCallback",
+    "build_train_dataset",
+    "feature_encoder_parameters",
+    "freeze_feature_encoder_if_due",
+    "pretraining_param_groups",
+]
