@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "extract": "extract",
     "evaluate": "evaluate",
     "synth-corpus": "synth_corpus",
+    "demo": "demo",
 }
 
 
