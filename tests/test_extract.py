@@ -1,0 +1,251 @@
+"""`spidr-hf extract`: outputs equal the model's, bad files are reported, reruns resume, long files are windowed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from spidr_hf import SpidRConfig, SpidRForPreTraining
+from spidr_hf.audio import load_audio, standardize
+from spidr_hf.cli import main
+from spidr_hf.extract import (
+    WINDOWED_RELATIVE_TOLERANCE,
+    FrameEncoder,
+    collect_inputs,
+    length_batches,
+    num_frames,
+    plan_windows,
+)
+from spidr_hf.units import KMeansQuantizer, layer_features, predict_units
+
+ATOL = 1e-5
+GOOD = {"a": 1.2, "sub/b": 2.5, "stereo": 1.0, "rate8k": 1.5}
+LONG_SECONDS = 60.0
+
+
+def _tone(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    phase = 2 * np.pi * np.cumsum(150 + 60 * np.sin(2 * np.pi * 0.3 * t)) / rate
+    gate = 0.2 + 0.8 * (np.sin(2 * np.pi * 2.5 * t) > 0)
+    return (gate * 0.3 * np.sin(phase) + 0.03 * rng.standard_normal(t.shape)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    config = SpidRConfig(
+        conv_dim=[16] * 7, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+        num_conv_pos_embedding_groups=4, num_codebooks=2, codebook_size=8,
+        hidden_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0, codebook_backend="torch",
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    SpidRForPreTraining(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(model_dir) -> SpidRForPreTraining:
+    return SpidRForPreTraining.from_pretrained(model_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def audio_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("audio")
+    (root / "sub").mkdir()
+    sf.write(root / "a.wav", _tone(GOOD["a"], seed=1), 16000)
+    sf.write(root / "sub" / "b.flac", _tone(GOOD["sub/b"], seed=2), 16000)
+    sf.write(
+        root / "stereo.wav", np.stack([_tone(1.0, seed=3), _tone(1.0, seed=4)], 1), 16000, subtype="FLOAT"
+    )
+    sf.write(root / "rate8k.wav", _tone(GOOD["rate8k"], rate=8000, seed=5), 8000, subtype="FLOAT")
+    sf.write(root / "long.flac", _tone(LONG_SECONDS, seed=6), 16000)
+    (root / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio")
+    (root / "notes.txt").write_text("not audio: ignored")
+    return root
+
+
+def _model_features(model, path: Path, layer: int, representation: str) -> torch.Tensor:
+    """The model's features for one file, whole, without the extraction code path."""
+    wave = torch.from_numpy(standardize(load_audio(path)))[None]
+    features, _ = layer_features(model, wave, None, layer, representation)
+    return features[0]
+
+
+def _run(*args) -> int:
+    return main(["extract", *map(str, args), "--num-workers", "0", "--no-progress"])
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def test_features_of_a_folder(model_dir, model, audio_dir, tmp_path, capsys):
+    out = tmp_path / "features"
+    args = [model_dir, audio_dir, "--output-dir", out, "--layers", "2,3", "--representation", "before_residual",
+            "--max-whole-s", "30"]  # fmt: skip
+    assert _run(*args) == 0
+    printed = capsys.readouterr().out
+    assert "5 file(s) written" in printed and "1 failed" in printed and "corrupt.wav" in printed
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert [Path(f["path"]).name for f in failures] == ["corrupt.wav"]
+
+    files = {"a": "a.wav", "sub/b": "sub/b.flac", "stereo": "stereo.wav", "rate8k": "rate8k.wav"}
+    for file_id, name in files.items():
+        saved = load_file(out / f"{file_id}.safetensors")
+        assert sorted(saved) == ["layer2", "layer3"]
+        for layer in (2, 3):
+            expected = _model_features(model, audio_dir / name, layer, "before_residual")
+            torch.testing.assert_close(saved[f"layer{layer}"], expected, atol=ATOL, rtol=0)
+    with safe_open(out / "a.safetensors", framework="pt") as f:
+        assert f.metadata()["representation"] == "before_residual"
+
+    # the 60 s file was windowed (20 s + 5 s of context): same frames, within the documented difference
+    long = load_file(out / "long.safetensors")["layer3"]
+    whole = _model_features(model, audio_dir / "long.flac", 3, "before_residual")
+    assert long.shape == whole.shape == (num_frames(int(LONG_SECONDS * 16000)), 32)
+    assert _relative_error(long, whole) < WINDOWED_RELATIVE_TOLERANCE
+
+    # a rerun skips every finished file and retries only the bad one
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
+    assert _run(*args) == 0
+    assert "0 file(s) written" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == before
+
+    # other options into the same folder are refused rather than mixed in
+    assert _run(model_dir, audio_dir, "--output-dir", out, "--layers", "1") == 2
+    assert "holds outputs of another extraction" in capsys.readouterr().err
+
+
+def test_reference_decoding_downmixes_and_resamples(audio_dir):
+    """What the comparisons above call "the model's" input: the channel mean, resampled with torchaudio."""
+    import torchaudio.functional as AF
+
+    stereo, _ = sf.read(audio_dir / "stereo.wav", dtype="float32")
+    np.testing.assert_allclose(load_audio(audio_dir / "stereo.wav"), stereo.mean(1), atol=1e-7)
+    low, _ = sf.read(audio_dir / "rate8k.wav", dtype="float32")
+    expected = AF.resample(torch.from_numpy(low), 8000, 16000).numpy()
+    np.testing.assert_allclose(load_audio(audio_dir / "rate8k.wav"), expected, atol=1e-6)
+
+
+def test_npy_and_fp16(model_dir, model, audio_dir, tmp_path):
+    out = tmp_path / "npy"
+    assert _run(model_dir, audio_dir / "a.wav", "--output-dir", out, "--format", "npy", "--fp16") == 0
+    array = np.load(out / "a.npy")
+    assert array.dtype == np.float16
+    expected = _model_features(model, audio_dir / "a.wav", 3, "hidden_state")
+    np.testing.assert_allclose(array.astype(np.float32), expected.numpy(), atol=2e-3, rtol=2e-3)
+
+
+def test_head_units_jsonl_and_resume(model_dir, model, audio_dir, tmp_path):
+    out = tmp_path / "units"
+    assert _run(model_dir, audio_dir, "--output-dir", out, "--units", "head", "--layer", "3") == 0
+    lines = [json.loads(line) for line in (out / "units.jsonl").read_text().splitlines()]
+    by_id = {line["id"]: line for line in lines}
+    assert sorted(by_id) == ["a", "long", "rate8k", "stereo", "sub/b"]
+    for file_id, name in {"a": "a.wav", "sub/b": "sub/b.flac"}.items():
+        wave = torch.from_numpy(standardize(load_audio(audio_dir / name)))[None]
+        expected = predict_units(model, wave, layer=3)[0].tolist()
+        assert by_id[file_id]["units"] == expected
+        assert by_id[file_id]["num_frames"] == len(expected)
+        assert by_id[file_id]["path"] == str(audio_dir / name)
+
+    # a crash mid-line: the partial line is dropped, the file is redone, nothing is duplicated
+    text = (out / "units.jsonl").read_text()
+    kept = [line for line in text.splitlines() if json.loads(line)["id"] != "a"]
+    (out / "units.jsonl").write_text("\n".join(kept) + '\n{"id": "a", "path": "x", "uni')
+    assert _run(model_dir, audio_dir, "--output-dir", out, "--units", "head", "--layer", "3") == 0
+    redone = [json.loads(line) for line in (out / "units.jsonl").read_text().splitlines()]
+    assert sorted(line["id"] for line in redone) == sorted(by_id)
+    assert next(line for line in redone if line["id"] == "a")["units"] == by_id["a"]["units"]
+
+
+def test_codeword_and_kmeans_units(model_dir, model, audio_dir, tmp_path):
+    wave = torch.from_numpy(standardize(load_audio(audio_dir / "sub" / "b.flac")))[None]
+    features, _ = layer_features(model, wave, None, 2, "before_residual")
+    kmeans_dir = tmp_path / "kmeans"
+    KMeansQuantizer.fit(features[0], 4, layer=2, seed=0).save_pretrained(kmeans_dir)
+    kmeans_file = next(kmeans_dir.iterdir())
+    for kind, extra in (("codeword", ["--layer", "2"]), ("kmeans", ["--kmeans", kmeans_file])):
+        out = tmp_path / kind
+        assert _run(model_dir, audio_dir / "sub", "--output-dir", out, "--units", kind, *extra) == 0
+        line = json.loads((out / "units.jsonl").read_text())
+        assert line["id"] == "b" and line["num_frames"] == features.shape[1]
+        assert min(line["units"]) >= 0
+    quantizer = KMeansQuantizer.load(kmeans_file)
+    assert line["units"] == quantizer(features[0]).tolist()
+
+
+def test_exit_codes(model_dir, audio_dir, tmp_path):
+    corrupt = audio_dir / "corrupt.wav"
+    assert _run(model_dir, corrupt, "--output-dir", tmp_path / "bad") == 1  # everything failed
+    assert _run(model_dir, audio_dir / "a.wav", corrupt, "--output-dir", tmp_path / "strict", "--strict") == 1
+    with pytest.raises(SystemExit):
+        _run(model_dir, audio_dir, "--output-dir", tmp_path / "x", "--units", "head")  # no --layer
+
+
+def test_manifests_datasets_and_shards(model_dir, audio_dir, tmp_path):
+    (tmp_path / "list.csv").write_text(f"path\n{audio_dir / 'a.wav'}\n{audio_dir / 'sub' / 'b.flac'}\n")
+    (tmp_path / "list.jsonl").write_text(json.dumps({"path": str(audio_dir / "stereo.wav")}) + "\n")
+    (tmp_path / "list.tsv").write_text(f"{audio_dir}\nsub/b.flac\t40000\n")
+    ids = [item.id for item in collect_inputs([tmp_path / "list.tsv"]).items]
+    assert ids == ["sub/b"]
+    csv_ids = [item.id for item in collect_inputs([tmp_path / "list.csv"]).items]
+    assert csv_ids == [str(audio_dir.relative_to("/") / "a"), str(audio_dir.relative_to("/") / "sub" / "b")]
+
+    import datasets
+
+    dataset = datasets.Dataset.from_dict(
+        {"audio": [str(audio_dir / "a.wav"), str(audio_dir / "corrupt.wav")], "id": ["utt1", "utt2"]}
+    ).cast_column("audio", datasets.Audio(decode=False))
+    dataset.save_to_disk(tmp_path / "ds")
+    out = tmp_path / "units"
+    for shard in ("0/2", "1/2"):
+        _run(model_dir, tmp_path / "ds", tmp_path / "list.jsonl", "--output-dir", out, "--units", "head",
+             "--layer", "3", "--shard", shard)  # fmt: skip
+    lines = [
+        json.loads(line)
+        for p in sorted(out.glob("units.*-of-2.jsonl"))
+        for line in p.read_text().splitlines()
+    ]
+    # a manifest path outside the manifest's folder keeps its whole path (without the root) as id
+    assert sorted(line["id"] for line in lines) == [str(audio_dir.relative_to("/") / "stereo"), "utt1"]
+    failed = [json.loads(line) for p in out.glob("failures.*.jsonl") for line in p.read_text().splitlines()]
+    assert [f["path"] for f in failed] == [f"{tmp_path / 'ds'}#1"]
+
+
+def test_windows_with_full_context_are_exact(model):
+    wave = standardize(_tone(7.3, seed=9))
+    encoder = FrameEncoder(model, [(2, "hidden_state"), (3, "before_residual")], max_batch_samples=10**7)
+    whole = encoder.encode([wave])[0]
+    total = num_frames(len(wave))
+    windowed = encoder.encode_windowed(
+        wave, window_frames=70, context_frames=total, store_dtype=torch.float32
+    )
+    for key, tensor in whole.items():
+        assert windowed[key].shape == tensor.shape
+        torch.testing.assert_close(windowed[key], tensor, atol=ATOL, rtol=0)
+
+
+def test_window_plan_covers_every_frame_once():
+    windows = plan_windows(total_frames=1003, window_frames=100, context_frames=25)
+    kept = [t for w in windows for t in range(w.first, w.last)]
+    assert kept == list(range(1003))
+    assert all(w.start == max(0, w.first - 25) and w.stop == min(1003, w.last + 25) for w in windows)
+    first, last = windows[1].samples
+    assert (first, last) == (320 * 75, 320 * (225 - 1) + 400) and num_frames(last - first) == 150
+
+
+def test_length_batches_respect_the_budget():
+    lengths = [100, 400, 250, 90, 400, 30]
+    batches = length_batches(lengths, 800)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    assert all(len(b) * max(lengths[i] for i in b) <= 800 for b in batches)
+    assert length_batches([5000], 800) == [[0]]  # a file over the budget still gets its own batch
