@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
@@ -33,6 +34,11 @@ _REF = "(SpidR recipe: {})"
 def default_report_to() -> list[str]:
     """TensorBoard (event files under `output_dir/runs`) when it is installed, else no logger."""
     return ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else ["none"]
+
+
+def _launched_distributed() -> bool:
+    """Whether a launcher (torchrun, accelerate launch) started several processes."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def bf16_supported() -> bool:
@@ -130,6 +136,9 @@ class SpidRTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        if _launched_distributed() and not torch.cuda.is_available():
+            # accelerate only forms a CPU (gloo) process group when asked for the CPU explicitly
+            self.use_cpu = True
         if self.bf16 is None:
             self.bf16 = bf16_supported() and not self.use_cpu
         super().__post_init__()

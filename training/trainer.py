@@ -38,6 +38,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Sampler
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import seed_worker
+from transformers.training_args import ParallelMode
 
 from spidr_hf.audio import SAMPLING_RATE
 
@@ -226,6 +227,11 @@ class SpidRPretrainer(Trainer):
             raise ValueError(
                 "nn.DataParallel (several GPUs in one process) is not supported: the codebooks and teacher must "
                 "update once per step. Launch one process per GPU with torchrun or accelerate launch."
+            )
+        if args.world_size > 1 and args.parallel_mode != ParallelMode.DISTRIBUTED:
+            raise RuntimeError(
+                f"{args.world_size} processes were launched but the Trainer is not in distributed mode "
+                f"({args.parallel_mode}); on CPUs pass --use_cpu true so accelerate forms a gloo process group."
             )
         # Micro-batches of one optimizer step must all see the same codebooks (updated in on_optimizer_step).
         model.defer_codebook_update = True
