@@ -166,12 +166,12 @@ def _strip_extension(relative: str) -> str:
 
 
 def _relative_id(path: str, base: Path) -> str:
-    """``path`` relative to ``base`` without extension; outside ``base``, the path without its anchor."""
-    resolved = Path(path).resolve()
-    try:
-        return _strip_extension(str(resolved.relative_to(base.resolve())))
-    except ValueError:  # keep it inside the output folder
-        return _strip_extension(str(resolved.relative_to(resolved.anchor)))
+    """``path`` relative to ``base`` without extension; outside ``base``, the path without its root."""
+    absolute = os.path.abspath(path)
+    relative = os.path.relpath(absolute, os.path.abspath(base))
+    if relative.startswith(os.pardir):  # keep the output inside the output folder
+        relative = os.path.relpath(absolute, Path(absolute).anchor)
+    return _strip_extension(relative)
 
 
 def _manifest_base(path: Path) -> Path:
@@ -211,13 +211,23 @@ def _dataset_items(path: Path, audio_column: str) -> tuple[list[AudioItem], dict
         key = f"{path}:{split}"
         prepared[key] = dataset = prepare_hf_dataset(dataset, audio_column)
         ids = dataset["id"] if "id" in dataset.column_names else None
-        for row, cell in enumerate(dataset[audio_column]):
-            source = cell.get("path") if isinstance(cell, dict) else None
+        for row, source in enumerate(_audio_paths(dataset, audio_column)):
             name = str(ids[row]) if ids is not None else _strip_extension(source) if source else f"{row:08d}"
             items.append(
                 AudioItem(f"{split}/{name}" if split else name, f"{path}#{split}{row}", row=row, split=key)
             )
     return items, prepared
+
+
+def _audio_paths(dataset: Any, audio_column: str) -> list[str | None]:
+    """The ``path`` field of every audio cell, read from Arrow without touching the audio bytes."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = dataset.with_format("arrow")[audio_column]
+    if not pa.types.is_struct(column.type) or column.type.get_field_index("path") < 0:
+        return [None] * len(dataset)
+    return pc.struct_field(column, "path").to_pylist()
 
 
 def collect_inputs(inputs: Sequence[str | os.PathLike], audio_column: str = "audio") -> AudioInputs:
@@ -625,13 +635,16 @@ def load_model(model_dir: str | os.PathLike, options: ExtractionOptions) -> torc
     """The encoder (features, k-means) or the pretraining model (head and codeword units), in eval mode."""
     device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cls = SpidRForPreTraining if options.units in ("head", "codeword") else SpidRModel
-    return cls.from_pretrained(model_dir, dtype=_DTYPES[options.dtype]).to(device).eval()
+    model = cls.from_pretrained(model_dir, dtype=torch.float32)
+    # only the encoder runs in --dtype: heads and codebooks are tiny, and bf16 codewords would move units
+    encoder_of(model).to(_DTYPES[options.dtype])
+    return model.to(device).eval()
 
 
 def _frame_keys(options: ExtractionOptions, units: UnitComputer | None, num_layers: int) -> list[FrameKey]:
     if units is not None:
         return [units.key]
-    layers = options.layers or [num_layers]
+    layers = dict.fromkeys(options.layers or [num_layers])  # ordered, without repeats
     return [(layer, options.representation) for layer in layers]
 
 
@@ -705,7 +718,6 @@ def extract(
     """Extract features or units of ``inputs`` into ``options.output_dir`` (module docstring)."""
     started = time.perf_counter()
     out = Path(options.output_dir)
-    _check_signature(out, options, str(model_dir))
     model = model if model is not None else load_model(model_dir, options)
     units = None
     if options.units:
@@ -717,6 +729,7 @@ def extract(
     num_layers = encoder_of(model).config.num_hidden_layers
     keys = _frame_keys(options, units, num_layers)
     encoder = FrameEncoder(model, keys, options.max_batch_samples)
+    _check_signature(out, options, str(model_dir))  # options are valid: record them
     suffix = _shard_suffix(options.shard)
     if units is not None:
         writer: FeatureWriter | UnitWriter = UnitWriter(out / f"units{suffix}.jsonl")

@@ -144,6 +144,14 @@ def test_npy_and_fp16(model_dir, model, audio_dir, tmp_path):
     np.testing.assert_allclose(array.astype(np.float32), expected.numpy(), atol=2e-3, rtol=2e-3)
 
 
+def test_bf16_compute(model_dir, model, audio_dir, tmp_path):
+    out = tmp_path / "bf16"
+    assert _run(model_dir, audio_dir / "sub" / "b.flac", "--output-dir", out, "--dtype", "bf16") == 0
+    features = load_file(out / "b.safetensors")["layer3"]
+    expected = _model_features(model, audio_dir / "sub" / "b.flac", 3, "hidden_state")
+    assert features.dtype == torch.float32 and _relative_error(features, expected) < 0.05
+
+
 def test_head_units_jsonl_and_resume(model_dir, model, audio_dir, tmp_path):
     out = tmp_path / "units"
     assert _run(model_dir, audio_dir, "--output-dir", out, "--units", "head", "--layer", "3") == 0
