@@ -280,6 +280,24 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     _assert_states_equal(full.model.state_dict(), resumed.model.state_dict())
 
 
+def test_data_order_is_a_function_of_the_seed_not_of_the_workers(tmp_path):
+    data = write_speechlike_corpus(tmp_path / "data", 8, seconds=(0.6, 1.4))[0].parent
+
+    def run(name, seed, workers):
+        args = _arguments(
+            tmp_path / name, max_steps=4, max_samples=16_000, per_device_max_batch_samples=40_000, seed=seed,
+            dataloader_num_workers=workers,
+        )  # fmt: skip
+        trainer = BatchRecorder(micro_model(), args, train_dataset=str(data))
+        trainer.train()
+        return trainer
+
+    in_process, with_workers, other_seed = run("a", 0, 0), run("b", 0, 2), run("c", 1, 0)
+    assert with_workers.seen == in_process.seen
+    _assert_states_equal(in_process.model.state_dict(), with_workers.model.state_dict())
+    assert other_seed.seen != in_process.seen
+
+
 # ------------------------------------------------------------------------------ data problems
 def test_bad_files_are_dropped_or_skipped_and_counted(tmp_path):
     data = write_speechlike_corpus(tmp_path / "data", 6, seconds=(0.6, 1.0))[0].parent
@@ -363,25 +381,26 @@ def test_a_skipped_optimizer_step_moves_neither_codebooks_nor_teacher():
 # ------------------------------------------------------------------------------ learning
 def test_tiny_config_learns_on_speechlike_audio(tmp_path):
     """The tiny config on synthetic vowels/fricatives: the loss falls, the targets do not collapse."""
-    data = write_speechlike_corpus(tmp_path / "data", 24, seconds=(1.0, 2.0))[0].parent
+    data = write_speechlike_corpus(tmp_path / "data", 16, seconds=(1.0, 2.0))[0].parent
     torch.manual_seed(0)
     model = SpidRForPreTraining(SpidRConfig.tiny(codebook_backend="torch"))
     trainer = run_pretraining(
         data,
         tmp_path / "run",
         model=model,
-        max_steps=36,
-        learning_rate=1e-3,
-        scale_lr_schedule_to_max_steps=True,
-        per_device_max_batch_samples=96_000,
+        max_steps=24,
+        learning_rate=2e-3,
+        lr_warmup_steps=2,
+        lr_hold_steps=100,
+        per_device_max_batch_samples=64_000,
         max_samples=32_000,
         logging_steps=4,
     )
     logs = [e for e in trainer.state.log_history if "loss" in e]
     first, last = logs[0], logs[-1]
     uniform = math.log(model.config.codebook_size)
-    assert first["loss"] == pytest.approx(uniform, abs=0.1)  # untrained heads: about uniform
+    assert first["loss"] == pytest.approx(uniform, abs=0.2)  # untrained heads: about uniform
     assert last["loss"] < first["loss"] - 1.0
-    assert last["prediction_perplexity"] < 0.5 * first["prediction_perplexity"]
-    assert all(e["target_perplexity"] > 3.0 for e in logs)  # codebooks in use, no collapse to one codeword
+    assert last["prediction_perplexity"] < 0.25 * first["prediction_perplexity"]
+    assert all(e["target_perplexity"] > 2.5 for e in logs)  # several codewords in use: no collapse to one
     assert all(e["audio_seconds_per_second"] > 0 for e in logs)

@@ -290,24 +290,23 @@ class SpidRPretrainer(Trainer):
     def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, device: torch.device) -> tuple[list, Any]:
         """Fetch the micro-batches of one optimizer step and count, over all ranks, their masked frames.
 
-        The count (at least 1) is what `compute_loss` divides by; the audio and skipped-file counts
-        ride along in the same all-reduce for logging.
+        The count (a device tensor, at least 1) is what `compute_loss` divides by; the audio and
+        skipped-file counts ride along in the same all-reduce for logging. Nothing here waits for
+        the device: the values are read at the next log.
         """
         batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
         counts = torch.tensor(
             [
-                sum(int(b["mask_time_indices"].sum()) for b in batches),
+                sum(int(b["mask_time_indices"].sum()) for b in batches),  # CPU tensors: the Trainer moves them later
                 sum(b["input_values"].numel() for b in batches),
                 sum(int(b.get("num_skipped", 0)) for b in batches),
             ],
             dtype=torch.long,
-            device=device,
-        )
+        ).to(device, non_blocking=True)
         if self.args.world_size > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
-        masked, samples, skipped = counts.tolist()
-        self.metrics.add_step(audio_samples=samples, skipped_files=skipped)
-        return batches, max(masked, 1)
+        self.metrics.add_step(counts[1:])
+        return batches, counts[0].clamp(min=1)
 
     # ------------------------------------------------------------------ loss
     def compute_loss(
@@ -419,6 +418,7 @@ class SpidRPretrainer(Trainer):
             "training data": f"{self.args.train_data or 'in-memory dataset'}: {len(self.train_dataset)} utterances, "
             f"{format_hours(hours_of_audio(total_samples))} of audio",
             "optimizer steps": self.state.global_step,
+            "audio seen in this run": format_hours(self.metrics.total_audio_seconds / 3600),
             "teacher EMA steps (current_step)": int(unwrap(self.model).current_step),
             "devices": self.args.world_size,
             "audio per step per device": f"up to {self.args.per_device_max_batch_samples / SAMPLING_RATE:.1f} s",
@@ -448,48 +448,57 @@ def _last_training_log(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 class PretrainingMetrics:
-    """Accumulates SpidR's metrics between two logs: perplexities, audio throughput, skipped files."""
+    """Accumulates SpidR's metrics between two logs: perplexities, audio throughput, skipped files.
+
+    Values stay on the device until `pop` (called at logging steps), so no step waits on the host.
+    """
 
     def __init__(self) -> None:
-        self._perplexities: torch.Tensor | None = None  # on the model's device: target sum, prediction sum, batches
-        self._audio_samples = 0
-        self._skipped_files = 0
+        self._perplexities: torch.Tensor | None = None  # target sum, prediction sum, micro-batches (this rank)
+        self._counts: torch.Tensor | None = None  # audio samples, skipped files (all ranks) since the last log
+        self._totals: torch.Tensor | None = None  # the same since the start of this run
         self._since = time.perf_counter()
-        self.total_skipped_files = 0
-        self.total_audio_samples = 0
 
-    def add_step(self, audio_samples: int, skipped_files: int) -> None:
-        """Counts of one optimizer step, already summed over ranks."""
-        self._audio_samples += audio_samples
-        self._skipped_files += skipped_files
-        self.total_audio_samples += audio_samples
-        self.total_skipped_files += skipped_files
+    def add_step(self, counts: torch.Tensor) -> None:
+        """`[audio samples, skipped files]` of one optimizer step, already summed over ranks."""
+        self._counts = counts if self._counts is None else self._counts + counts
+        self._totals = counts if self._totals is None else self._totals + counts
 
     def add_batch(self, target_perplexity: torch.Tensor, prediction_perplexity: torch.Tensor) -> None:
-        """Perplexities of one micro-batch, summed on the device (no host sync until the next log)."""
+        """Perplexities of one micro-batch."""
         values = torch.stack([target_perplexity.detach(), prediction_perplexity.detach(), torch.ones_like(target_perplexity)])
         values = values.double()
         self._perplexities = values if self._perplexities is None else self._perplexities + values
+
+    @property
+    def total_skipped_files(self) -> int:
+        """Utterances skipped (unreadable) since the start of this run, over all ranks."""
+        return 0 if self._totals is None else int(self._totals[1])
+
+    @property
+    def total_audio_seconds(self) -> float:
+        """Audio trained on since the start of this run, over all ranks."""
+        return 0.0 if self._totals is None else int(self._totals[0]) / SAMPLING_RATE
 
     def pop(self, accelerator: Any, world_size: int) -> dict[str, float]:
         """The metrics since the last call (perplexities averaged over ranks' micro-batches); then reset."""
         sums = torch.zeros(3, dtype=torch.float64) if self._perplexities is None else self._perplexities
         sums = sums.to(accelerator.device)
-        if world_size > 1:
+        if world_size > 1:  # every rank logs at the same steps, so this collective is matched
             sums = accelerator.reduce(sums, reduction="sum")
         target, prediction, batches = sums.tolist()
+        audio_samples, skipped = (0, 0) if self._counts is None else self._counts.tolist()
         elapsed = max(time.perf_counter() - self._since, 1e-9)
-        audio_per_second = self._audio_samples / SAMPLING_RATE / elapsed
+        audio_per_second = audio_samples / SAMPLING_RATE / elapsed
         logs = {
             "audio_seconds_per_second": audio_per_second,
             "audio_seconds_per_second_per_device": audio_per_second / world_size,
-            "skipped_files": float(self._skipped_files),
+            "skipped_files": float(skipped),
         }
         if batches:
             logs["target_perplexity"] = target / batches
             logs["prediction_perplexity"] = prediction / batches
-        self._perplexities = None
-        self._audio_samples = self._skipped_files = 0
+        self._perplexities = self._counts = None
         self._since = time.perf_counter()
         return logs
 
