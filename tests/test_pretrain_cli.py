@@ -136,3 +136,22 @@ def test_base_recipe_file_spells_out_the_defaults(tmp_path):
     defaults = parse_pretraining_args(["--output_dir", str(tmp_path)])
     for name, value in load_recipe(recipe).items():
         assert getattr(from_file, name) == getattr(defaults, name) == value, name
+
+
+def test_model_config_resolves_names_files_and_directories(tmp_path):
+    from spidr_hf.training import load_pretraining_model
+
+    tiny = load_pretraining_model("tiny", "freeze_feature_encoder_step=5,ema_timescale=100.0")
+    assert (tiny.config.hidden_size, tiny.config.freeze_feature_encoder_step, tiny.config.ema_timescale) == (128, 5, 100.0)
+    tiny.config.to_json_file(tmp_path / "config.json")
+    assert load_pretraining_model(str(tmp_path / "config.json")).config.freeze_feature_encoder_step == 5
+
+    tiny.current_step.fill_(42)
+    tiny.save_pretrained(tmp_path / "model")
+    continued = load_pretraining_model(str(tmp_path / "model"), "codebook_decay=0.5")
+    assert int(continued.current_step) == 42 and continued.config.codebook_decay == 0.5
+    torch.testing.assert_close(continued.codebook_sums, tiny.codebook_sums)
+    with pytest.raises(ValueError, match="head_input"):
+        load_pretraining_model("tiny", "head_input=neither")
+    with pytest.raises(FileNotFoundError):
+        load_pretraining_model(str(tmp_path / "missing"))

@@ -85,6 +85,13 @@ class SpidRTrainingArguments(TrainingArguments):
         default="base",
         metadata={"help": "'base', 'tiny', a config.json, or a model directory to continue from (weights, teacher, codebooks)."},
     )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "SpidRConfig fields to change, e.g. 'freeze_feature_encoder_step=1000,ema_timescale=2000' "
+            "(the EMA, codebook and freezing numbers of the recipe live in the model config)."
+        },
+    )
     # --- learning rate schedule ---------------------------------------------------------------
     lr_schedule: str = field(
         default="tri_stage",

@@ -96,31 +96,40 @@ class TriStageSchedule:
 
 
 # ------------------------------------------------------------------------------ model
-def load_pretraining_model(model_config: str, **config_overrides: Any) -> SpidRForPreTraining:
+def load_pretraining_model(model_config: str, config_overrides: str | None = None) -> SpidRForPreTraining:
     """The model a run starts from.
 
     Args:
         model_config: `"base"` (the paper's SpidR, `SpidRConfig()`), `"tiny"` (`SpidRConfig.tiny()`),
             a `config.json` (fresh weights with that architecture), or a model directory saved by
             `save_pretrained` / `spidr-hf convert` / an earlier run (continue from its weights,
-            teacher, codebooks and `current_step`; the optimizer starts afresh).
-        config_overrides: `SpidRConfig` fields to change (e.g. `codebook_backend="torch"`).
+            teacher, codebooks and `current_step`; the optimizer and schedule start afresh).
+        config_overrides: `SpidRConfig` fields to change, as in transformers' example scripts:
+            `"freeze_feature_encoder_step=1000,ema_timescale=2000"` (`PretrainedConfig.update_from_string`).
     """
-    if model_config == "base":
-        return SpidRForPreTraining(SpidRConfig(**config_overrides))
-    if model_config == "tiny":
-        return SpidRForPreTraining(SpidRConfig.tiny(**config_overrides))
     path = Path(model_config)
-    if path.is_dir() and any((path / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
-        return SpidRForPreTraining.from_pretrained(path, **config_overrides)
-    config_file = path / "config.json" if path.is_dir() else path
-    if not config_file.is_file():
+    if model_config == "base":
+        config = SpidRConfig()
+    elif model_config == "tiny":
+        config = SpidRConfig.tiny()
+    elif path.is_dir() and any((path / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
+        config = _with_overrides(SpidRConfig.from_pretrained(path), config_overrides)
+        return SpidRForPreTraining.from_pretrained(path, config=config)
+    elif (path / "config.json").is_file() or path.is_file():
+        config = SpidRConfig.from_json_file(path / "config.json" if path.is_dir() else path)
+    else:
         raise FileNotFoundError(
             f"--model_config {model_config!r} is neither 'base', 'tiny', a config.json nor a model directory."
         )
-    config = SpidRConfig.from_json_file(config_file)
-    config.update(config_overrides)
-    return SpidRForPreTraining(config)
+    return SpidRForPreTraining(_with_overrides(config, config_overrides))
+
+
+def _with_overrides(config: SpidRConfig, overrides: str | None) -> SpidRConfig:
+    """`config` with `"name=value,..."` applied, rebuilt so `SpidRConfig` checks the new values now."""
+    if not overrides:
+        return config
+    config.update_from_string(overrides)
+    return SpidRConfig.from_dict(config.to_dict())
 
 
 # ------------------------------------------------------------------------------ recipe files

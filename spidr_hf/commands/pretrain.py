@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
     from transformers import set_seed
 
     set_seed(args.seed)  # the same weights on every rank, and for every run with this seed
-    model = load_pretraining_model(args.model_config)
+    model = load_pretraining_model(args.model_config, args.config_overrides)
     trainer = SpidRPretrainer(model, args)
     resume = args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if resume in _LAST_CHECKPOINT else resume)
