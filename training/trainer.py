@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------- model helpers
 def unwrap(model: nn.Module) -> SpidRForPreTraining:
     """The `SpidRForPreTraining` inside a DDP / compiled wrapper."""
-    return extract_model_from_parallel(model)
+    return extract_model_from_parallel(model, keep_torch_compile=False)
 
 
 def feature_encoder_parameters(model: SpidRForPreTraining) -> list[nn.Parameter]:
@@ -61,17 +61,18 @@ def feature_encoder_parameters(model: SpidRForPreTraining) -> list[nn.Parameter]
     return [*model.spidr.feature_extractor.parameters(), *model.spidr.feature_projection.parameters()]
 
 
-def freeze_feature_encoder_if_due(model: SpidRForPreTraining) -> bool:
-    """Freeze the feature encoder once `current_step` reaches `config.freeze_feature_encoder_step`.
+def freeze_feature_encoder_if_due(model: SpidRForPreTraining, step: int | None = None) -> bool:
+    """Freeze the feature encoder once the step reaches `config.freeze_feature_encoder_step`.
 
-    `current_step` counts optimizer (EMA) steps, so the encoder trains for exactly that many steps,
-    as in the reference. Returns whether it is frozen now.
+    `step` is the number of optimizer (EMA) steps done, `model.current_step` by default, so the
+    encoder trains for exactly `freeze_feature_encoder_step` updates, as in the reference.
+    Returns whether it is frozen now.
     """
-    params = feature_encoder_parameters(model)
-    if int(model.current_step) < model.config.freeze_feature_encoder_step:
+    step = int(model.current_step) if step is None else step
+    if step < model.config.freeze_feature_encoder_step:
         return False
-    if any(p.requires_grad for p in params):
-        logger.info("step %d: freezing the feature extractor and projection", int(model.current_step))
+    if any(p.requires_grad for p in feature_encoder_parameters(model)):
+        logger.info("step %d: freezing the feature extractor and projection", step)
         model.freeze_feature_encoder()
     return True
 
@@ -123,15 +124,22 @@ class SpidRTeacherCallback(TrainerCallback):
 
     def __init__(self) -> None:
         self.last_ema_decay: float | None = None
+        self._ema_steps: int | None = None  # host copy of model.current_step: no device sync per step
+        self._frozen = False
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self._ema_steps = int(unwrap(kwargs["model"]).current_step)  # after a resume has loaded the checkpoint
+        self._frozen = False
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        freeze_feature_encoder_if_due(unwrap(kwargs["model"]))
+        if not self._frozen:
+            self._frozen = freeze_feature_encoder_if_due(unwrap(kwargs["model"]), self._ema_steps)
 
     def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         # DDP with find_unused_parameters hands frozen parameters zero gradients; AdamW would still
         # apply momentum and weight decay to them. A None gradient makes it skip them.
-        for p in unwrap(kwargs["model"]).parameters():
-            if not p.requires_grad:
+        if self._frozen:
+            for p in feature_encoder_parameters(unwrap(kwargs["model"])):
                 p.grad = None
 
     def on_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
@@ -142,6 +150,8 @@ class SpidRTeacherCallback(TrainerCallback):
             return
         model.apply_codebook_update()
         self.last_ema_decay = model.ema_step()
+        if self._ema_steps is not None:
+            self._ema_steps += 1
 
 
 # ---------------------------------------------------------------------------------- data loading
