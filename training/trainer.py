@@ -14,10 +14,12 @@ accelerate). `SpidRPretrainer` adds only what SpidR needs, through documented ho
 * `log`: perplexities, EMA decay, skipped files and audio throughput next to the Trainer's
   loss, learning rate and gradient norm (so they reach TensorBoard and every other logger).
 
-Distributed training: `torchrun` or `accelerate launch` (DDP) work; the codebook statistics are
-all-reduced by the model, every rank applies the same EMA, so all ranks hold identical teachers.
-FSDP is untested: the EMA and the codebook update expect full (unsharded) parameters and buffers on
-every rank, which FSDP does not give; use DDP.
+Distributed training is DDP, one process per device: `torchrun --nproc_per_node N` (tested on
+CPU with gloo: ranks stay identical and equal one process with the same global batch) or
+`accelerate launch --multi_gpu` (which starts the same torch.distributed processes; not tested
+here, no GPU). The codebook statistics are all-reduced by the model and every rank applies the same
+EMA, so all ranks hold identical teachers; DDP does not broadcast buffers. FSDP is untested and not
+expected to work: the EMA and the codebook update read full (unsharded) parameters on every rank.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from typing import Any
 
 import torch
 from accelerate.utils import extract_model_from_parallel
-from spidr_hf.modeling import SpidRConfig, SpidRFeatureExtractor, SpidRForPreTraining
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Sampler
@@ -40,6 +41,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from transformers.trainer_utils import seed_worker
 from transformers.training_args import ParallelMode
 
+from spidr_hf import SpidRConfig, SpidRFeatureExtractor, SpidRForPreTraining
 from spidr_hf.audio import SAMPLING_RATE
 
 from .arguments import SpidRTrainingArguments
