@@ -155,3 +155,13 @@ def test_model_config_resolves_names_files_and_directories(tmp_path):
         load_pretraining_model("tiny", "head_input=neither")
     with pytest.raises(FileNotFoundError):
         load_pretraining_model(str(tmp_path / "missing"))
+
+
+def test_help_lists_the_recipe_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_pretraining_args(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--train_data", "--per_device_max_batch_samples", "--model_config", "--recipe", "--mask_prob",
+                 "--lr_warmup_steps", "--config_overrides", "--resume_from_checkpoint", "--dataloader_num_workers"):  # fmt: skip
+        assert flag in text, flag

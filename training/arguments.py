@@ -107,7 +107,7 @@ class SpidRTrainingArguments(TrainingArguments):
     final_lr_scale: float = field(default=0.01, metadata={"help": "Decay ends at this x lr " + _REF.format("0.01")})
     scale_lr_schedule_to_max_steps: bool = field(
         default=False,
-        metadata={"help": "Stretch/shrink the three stages to max_steps, keeping their fractions (3% / 47% / 50%)."},
+        metadata={"help": "Stretch/shrink the three stages to max_steps, keeping their fractions (3, 47 and 50 percent)."},
     )
     recipe: str | None = field(
         default=None,

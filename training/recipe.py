@@ -29,13 +29,13 @@ BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
     # A tiny SpidR that learns something on a laptop CPU in a few minutes (demo, smoke tests).
     "tiny_cpu": {
         "model_config": "tiny",
-        "max_steps": 200,
-        "learning_rate": 2e-3,
+        "max_steps": 400,
+        "learning_rate": 1e-3,
         "scale_lr_schedule_to_max_steps": True,
-        "per_device_max_batch_samples": 128_000,
-        "max_samples": 32_000,
+        "per_device_max_batch_samples": 192_000,
+        "max_samples": 48_000,
         "logging_steps": 10,
-        "save_steps": 100,
+        "save_steps": 200,
         "bf16": False,
     },
 }
