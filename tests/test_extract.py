@@ -124,6 +124,21 @@ def test_features_of_a_folder(model_dir, model, audio_dir, tmp_path, capsys):
     assert "holds outputs of another extraction" in capsys.readouterr().err
 
 
+def test_padded_batches_equal_single_files(model_dir, model, audio_dir, tmp_path):
+    out = tmp_path / "batched"
+    names = ["a.wav", "sub/b.flac", "stereo.wav", "rate8k.wav"]
+    # 4 files of at most 2.5 s fit one padded batch of 200k samples
+    assert (
+        _run(model_dir, *(audio_dir / n for n in names), "--output-dir", out, "--max-batch-samples", "200000")
+        == 0
+    )
+    for name in names:
+        saved = load_file(out / f"{Path(name).stem}.safetensors")["layer3"]
+        torch.testing.assert_close(
+            saved, _model_features(model, audio_dir / name, 3, "hidden_state"), atol=ATOL, rtol=0
+        )
+
+
 def test_reference_decoding_downmixes_and_resamples(audio_dir):
     """What the comparisons above call "the model's" input: the channel mean, resampled with torchaudio."""
     import torchaudio.functional as AF

@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("running")
     run.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)")
     run.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="model compute dtype")
-    run.add_argument("--max-batch-samples", type=int, default=1_600_000,
-                     help="padded samples per batch (batch size x longest); raise it on a GPU")  # fmt: skip
+    run.add_argument("--max-batch-samples", type=int,
+                     help="padded samples per batch, batch size x longest (default: 3.2M on a GPU, 1 file on a CPU)")  # fmt: skip
     run.add_argument("--max-whole-s", type=float, default=60.0, help="longer files are processed in windows")
     run.add_argument("--window-s", type=float, default=20.0, help="kept (core) seconds per window")
     run.add_argument("--context-s", type=float, default=5.0, help="context seconds on each side of a window")
