@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pretrain_worker import write_speechlike_corpus
+from pretrain_worker import micro_config, write_speechlike_corpus
 from spidr_hf.training import BUILTIN_RECIPES, SpidRTrainingArguments, load_recipe, parse_pretraining_args
 from transformers import AutoFeatureExtractor, AutoModel
 
@@ -97,8 +97,10 @@ def test_pretrain_writes_a_model_automodel_loads(tmp_path):
 
 def test_pretrain_resumes_from_the_last_checkpoint(tmp_path):
     data = write_speechlike_corpus(tmp_path / "data", 4)[0].parent
+    micro_config().to_json_file(tmp_path / "micro.json")  # --model_config takes a config.json too
     common = [
-        "pretrain", "--model_config", "tiny", "--train_data", str(data), "--output_dir", str(tmp_path / "out"),
+        "pretrain", "--model_config", str(tmp_path / "micro.json"), "--train_data", str(data),
+        "--output_dir", str(tmp_path / "out"),
         "--save_steps", "2", "--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "true",
         "--per_device_max_batch_samples", "32000", "--max_samples", "16000",
     ]  # fmt: skip
