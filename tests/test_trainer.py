@@ -298,6 +298,18 @@ def test_data_order_is_a_function_of_the_seed_not_of_the_workers(tmp_path):
     assert other_seed.seen != in_process.seen
 
 
+def test_trains_from_a_datasets_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(0)
+    rows = [{"array": 0.1 * rng.standard_normal(12_000), "sampling_rate": SR} for _ in range(4)]
+    dataset = datasets.Dataset.from_dict({"audio": rows})
+    args = _arguments(tmp_path, max_steps=2, max_samples=12_000, per_device_max_batch_samples=24_000)
+    trainer = SpidRPretrainer(micro_model(), args, train_dataset=dataset)
+    trainer.train()
+    assert len(trainer.train_dataset) == 4 and int(trainer.model.current_step) == 2
+    assert "in-memory dataset: 4 utterances" in trainer.run_facts()["training data"]
+
+
 # ------------------------------------------------------------------------------ data problems
 def test_bad_files_are_dropped_or_skipped_and_counted(tmp_path):
     data = write_speechlike_corpus(tmp_path / "data", 6, seconds=(0.6, 1.0))[0].parent
