@@ -266,6 +266,18 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
         }
 
 
+    def predict_units(
+        self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None, *, layer: int
+    ) -> torch.Tensor:
+        """Discrete units `(batch, frames)`: the argmax of the head of 1-based `layer`, -1 on padded frames.
+
+        Layer 6 gives the paper's best SpidR units. See `spidr_hf.units` for codeword and k-means units.
+        """
+        from ..units import predict_units
+
+        return predict_units(self, input_values, attention_mask, layer=layer)
+
+
 def _masked_instance_norm(x: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
     """Normalise (batch, frames, channels) to zero mean, unit variance over valid frames, per utterance and channel."""
     if frame_mask is None:

@@ -16,12 +16,15 @@ from .modeling import (
     SpidRPreTrainedModel,
 )
 
+from .pipeline import register_pipelines
+
 __version__ = "0.1.0"
 
 AutoConfig.register("spidr", SpidRConfig, exist_ok=True)
 AutoModel.register(SpidRConfig, SpidRModel, exist_ok=True)
 AutoModelForPreTraining.register(SpidRConfig, SpidRForPreTraining, exist_ok=True)
 AutoFeatureExtractor.register(SpidRConfig, SpidRFeatureExtractor, exist_ok=True)
+register_pipelines()  # pipeline("feature-extraction") builds the audio pipeline for SpidR models only
 
 __all__ = [
     "SpidRConfig",

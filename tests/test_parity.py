@@ -111,3 +111,10 @@ def test_predict_codebooks(converted_dir, expected):
     assert sorted(probs) == model.config.codebook_layers
     for layer, p in probs.items():
         torch.testing.assert_close(p[0], expected[f"single.codebook_probs{layer}"], atol=FEATURE_ATOL, rtol=0)
+
+
+def test_predict_units_is_the_argmax_of_the_reference_heads(converted_dir, expected):
+    model = _pretraining_model(converted_dir, "torch")
+    for layer in model.config.codebook_layers:
+        units = model.predict_units(expected["waveforms"][:1], layer=layer)
+        assert torch.equal(units[0], expected[f"single.codebook_probs{layer}"].argmax(-1))
