@@ -18,14 +18,16 @@ the same on a 1 s file gives the fixed cost (Python, torch, the model).
 ``--compare-windowing`` measures windowed vs whole-file features on a 60 s file (the numbers
 quoted in :mod:`spidr_hf.extract`).
 
-Measured on a shared 2-core CPU under a load average of about 5 (``--small --long-minutes 60``,
-fp32; small = 4 layers x 256, conv 128 channels): ``spidr-hf extract`` 12.1 audio h/h,
-plain HuBERT loop 7.9, plain SpidR loop 13.3 (1.53x and 1.68x HuBERT); one hour of audio:
-peak RSS 1988 MiB against 758 MiB for a 1 s file, 330 s. Part of the small-size gap is
-HuBERT's, not SpidR's: profiled, its linear layers run unusually slowly at this size on this
-CPU; at base size SpidR is 0.92x HuBERT on CPU (``bench_inference.py``). On a 2-core CPU the
-batching of ``spidr-hf extract`` gains nothing over a plain loop (its decoding workers share
-the two cores); its batches are meant for GPUs, where no measurement was possible here.
+Measured here on a shared 2-core CPU with a load average of 5 to 7 from other jobs, so wall
+times are unreliable and CPU times are the figures to compare (``--small --threads 1``,
+fp32; small = 4 layers x 256, conv 128 channels; 24 files, 2 min of audio):
+``spidr-hf extract`` 46.0 audio h per CPU h, plain SpidR loop 47.9, plain HuBERT loop 69.2
+(SpidR 0.69x HuBERT; 0.87x in an earlier, less loaded run, where the wall figures were 75.1
+and 86.4 audio h/h for the two plain loops). On a CPU the engine's default of one file per
+batch makes it cost the same as a plain loop; with 12-file padded batches it was 2.2x slower.
+One hour of audio (``--long-minutes 60``): peak RSS 1568 MiB against 758 MiB for a 1 s file
+(one 30 s window per batch, the CPU default; 1988 MiB with three windows per batch), 504 s of
+wall time. GPU numbers (batches, bf16) could not be measured here.
 
     python benchmarks/bench_extract.py --small                 # quick CPU run (small models, 10 min file)
     python benchmarks/bench_extract.py --small --long-minutes 60
@@ -277,9 +279,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--long-minutes", type=float, help="length of the long file, 0 to skip (default: 60; --small: 10)"
     )
-    parser.add_argument("--max-batch-samples", type=int, default=1_600_000)
+    parser.add_argument(
+        "--max-batch-samples", type=int, help="default: extract's (3.2M on GPU, 1 file on CPU)"
+    )
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each method (best is kept)")
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (1 gives steadier numbers on a busy machine)"
+    )
     parser.add_argument("--work-dir", help="keep the corpus and outputs here (default: a temporary folder)")
     parser.add_argument(
         "--compare-windowing", action="store_true", help="only the windowed vs whole comparison"
@@ -288,6 +295,8 @@ def main(argv: list[str] | None = None) -> None:
         "--windowing-model", help="a SpidR directory for --compare-windowing (default: random base)"
     )
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.files = args.files or (24 if args.small else 100)
     args.longest = args.longest or (8.0 if args.small else 16.0)
     if args.long_minutes is None:
