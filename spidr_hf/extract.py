@@ -6,7 +6,9 @@ by ``spidr_hf.training.data.read_manifest``); and ``datasets`` datasets saved wi
 ``save_to_disk`` (an ``Audio`` column read undecoded and decoded with soundfile). An input's
 id is its path relative to its folder (folders), to the manifest's root (fairseq) or folder
 (csv/jsonl), without extension; a lone file's id is its name without extension; a dataset
-row's id is its ``id`` column, else its audio path's stem, else its row number.
+row's id is its ``id`` column, else its audio path without extension, else its row number,
+and its ``path`` in outputs and reports is ``DATASET_DIR#row`` (``#split/row`` for a
+``DatasetDict``).
 
 Outputs, in ``OUT``:
 
@@ -842,6 +844,52 @@ def _encode(
         yield item, frames, len(wave) / SAMPLING_RATE
 
 
+@torch.no_grad()
+def sample_frames(
+    model: torch.nn.Module,
+    inputs: Sequence[str | os.PathLike] | AudioInputs,
+    layer: int,
+    representation: str = "before_residual",
+    max_frames: int = 200_000,
+    seed: int = 0,
+    max_whole_seconds: float = 60.0,
+    window_seconds: float = 20.0,
+    context_seconds: float = 5.0,
+) -> torch.Tensor:
+    """Frames ``(N, hidden)`` of one layer from files in a seeded random order, to fit k-means on.
+
+    Whole files are taken until ``max_frames`` is reached (the last one truncated), computed
+    as :func:`extract` computes them (files over ``max_whole_seconds`` in windows); files
+    that cannot be decoded are skipped with a warning. Example::
+
+        frames = sample_frames(model, ["train/"], layer=6)
+        KMeansQuantizer.fit(frames, k=500, layer=6).save_pretrained(model_dir)
+    """
+    collected = inputs if isinstance(inputs, AudioInputs) else collect_inputs(inputs)
+    encoder = FrameEncoder(model, [(layer, representation)], max_batch_samples=1)
+    order = np.random.default_rng(seed).permutation(len(collected.items))
+    window, context = round(window_seconds * FRAME_RATE), round(context_seconds * FRAME_RATE)
+    chunks, total = [], 0
+    for index in order:
+        item = collected.items[index]
+        try:
+            wave = standardize(collected.decode(item))
+        except (AudioDecodeError, ValueError) as err:
+            logger.warning("skipping %s: %s", item.path, err)
+            continue
+        if len(wave) > max_whole_seconds * SAMPLING_RATE:
+            frames = encoder.encode_windowed(wave, window, context, torch.float32)[(layer, representation)]
+        else:
+            frames = encoder.encode([wave])[0][(layer, representation)].float().cpu()
+        chunks.append(frames[: max_frames - total])
+        total += chunks[-1].shape[0]
+        if total >= max_frames:
+            break
+    if not chunks:
+        raise ValueError("no input could be decoded: no frames to sample.")
+    return torch.cat(chunks)
+
+
 def _fail(report: ExtractionReport, item: AudioItem, error: Exception, strict: bool) -> None:
     logger.error("failed: %s: %s", item.path, error)
     report.failed.append((item.path, f"{type(error).__name__}: {error}"))
@@ -870,4 +918,5 @@ __all__ = [
     "length_batches",
     "num_frames",
     "plan_windows",
+    "sample_frames",
 ]

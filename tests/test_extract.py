@@ -22,6 +22,7 @@ from spidr_hf.extract import (
     length_batches,
     num_frames,
     plan_windows,
+    sample_frames,
 )
 from spidr_hf.units import KMeansQuantizer, layer_features, predict_units
 
@@ -193,8 +194,10 @@ def test_head_units_jsonl_and_resume(model_dir, model, audio_dir, tmp_path):
 def test_codeword_and_kmeans_units(model_dir, model, audio_dir, tmp_path):
     wave = torch.from_numpy(standardize(load_audio(audio_dir / "sub" / "b.flac")))[None]
     features, _ = layer_features(model, wave, None, 2, "before_residual")
+    frames = sample_frames(model, [audio_dir / "sub", audio_dir / "a.wav"], layer=2, max_frames=150)
+    assert frames.shape == (150, 32)  # b.flac (124 frames) and a.wav (59) in some order, cut at 150
     kmeans_dir = tmp_path / "kmeans"
-    KMeansQuantizer.fit(features[0], 4, layer=2, seed=0).save_pretrained(kmeans_dir)
+    KMeansQuantizer.fit(frames, 4, layer=2, seed=0).save_pretrained(kmeans_dir)
     kmeans_file = next(kmeans_dir.iterdir())
     for kind, extra in (("codeword", ["--layer", "2"]), ("kmeans", ["--kmeans", kmeans_file])):
         out = tmp_path / kind
