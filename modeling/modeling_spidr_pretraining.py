@@ -61,6 +61,10 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
         self.spidr = SpidRModel(config)
         self.teacher = SpidREncoder(config)
         self.teacher.requires_grad_(False)
+        if config.head_input == "before_residual":
+            # SpidR heads read layer outputs before the last LayerNorm, which so never gets a gradient
+            # (frozen as in the reference; otherwise DDP would wait for its gradient)
+            self.spidr.encoder.layers[-1].final_layer_norm.requires_grad_(False)
         self.mask_embedding = nn.Parameter(torch.empty(config.hidden_size))
         self.heads = nn.ModuleList(
             nn.Linear(config.hidden_size, config.codebook_size) for _ in range(config.num_codebooks)
@@ -193,12 +197,17 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
         same codebooks (gradient accumulation equals one large batch). The statistics are
         summed over data-parallel ranks first, in one collective.
         """
-        stats, self._pending_codebook_stats = self._pending_codebook_stats, None
+        stats = self.discard_codebook_update()
         if stats is None:
             return
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(stats)
         self._update_codebooks(stats[..., 0], stats[..., 1:])
+
+    def discard_codebook_update(self) -> torch.Tensor | None:
+        """Drop (and return) the statistics gathered since the last update, e.g. when the optimizer skipped its step."""
+        stats, self._pending_codebook_stats = self._pending_codebook_stats, None
+        return stats
 
     @torch.no_grad()
     def _update_codebooks(self, counts: torch.Tensor, sums: torch.Tensor) -> None:
@@ -212,7 +221,7 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
 
     # ------------------------------------------------------------------------- teacher EMA
     def ema_decay(self, step: int | None = None) -> float:
-        """Teacher EMA decay at optimizer step `step` (default: `current_step`)."""
+        """Teacher EMA decay after optimizer step `step` (1 = the first; default: `current_step`)."""
         step = int(self.current_step) if step is None else step
         cfg = self.config
         if cfg.ema_schedule == "spidr":
@@ -231,6 +240,7 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
         Teacher parameters follow `t <- t + (1 - d)(s - t)`, except the positional convolution,
         which is copied from the student. Call it on the unwrapped model, once per optimizer step.
         """
+        self.current_step += 1  # the decay of step s is d(s), s = 1 after the first optimizer step
         decay = self.ema_decay()
         student = self.spidr.encoder
         if decay < 1.0:
@@ -242,7 +252,6 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
             torch._foreach_lerp_(teacher_params, student_params, 1.0 - decay)
         for t, s in zip(self.teacher.pos_conv_embed.parameters(), student.pos_conv_embed.parameters(), strict=True):
             t.copy_(s)
-        self.current_step += 1
         return decay
 
     def freeze_feature_encoder(self) -> None:

@@ -16,7 +16,8 @@ from .modeling import (
     SpidRPreTrainedModel,
 )
 
-from .pipeline import register_pipelines
+from .pipeline import SpidRFeatureExtractionPipeline, register_pipelines
+from .units import KMeansQuantizer, codeword_units, deduplicate, deduplicate_batch, fit_kmeans, predict_units
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,14 @@ AutoFeatureExtractor.register(SpidRConfig, SpidRFeatureExtractor, exist_ok=True)
 register_pipelines()  # pipeline("feature-extraction") builds the audio pipeline for SpidR models only
 
 __all__ = [
+    "KMeansQuantizer",
+    "SpidRFeatureExtractionPipeline",
+    "codeword_units",
+    "deduplicate",
+    "deduplicate_batch",
+    "fit_kmeans",
+    "predict_units",
+    "register_pipelines",
     "SpidRConfig",
     "SpidRFeatureExtractor",
     "SpidRForPreTraining",

@@ -184,8 +184,9 @@ def test_one_optimizer_step_reproduces_the_reference(converted_dir, expected, tm
         torch.testing.assert_close(model.codebook_sums[i], expected[f"pretrain.updated_codebook{i + 1}"], atol=1e-5, rtol=0)
         torch.testing.assert_close(model.codebook_counts[i], expected[f"pretrain.updated_counts{i + 1}"], atol=1e-5, rtol=0)
 
-    # teacher: one EMA step t + (1 - d)(s - t) with d = d(0), the positional convolution copied
-    decay = 1 - (1 - 0.999) * math.exp(0.0)
+    # teacher: one EMA step t + (1 - d)(s - t) with d = d(1) (after the first optimizer step),
+    # the positional convolution copied
+    decay = 1 - (1 - 0.999) * math.exp(-1 / model.config.ema_timescale)
     student = dict(model.spidr.encoder.named_parameters())
     for name, t in model.teacher.named_parameters():
         if name.startswith("pos_conv_embed."):

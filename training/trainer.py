@@ -79,16 +79,6 @@ def freeze_feature_encoder_if_due(model: SpidRForPreTraining, step: int | None =
     return True
 
 
-def freeze_unused_student_norm(model: SpidRForPreTraining) -> None:
-    """SpidR heads read layer outputs *before* the last LayerNorm, so that LayerNorm never gets a gradient.
-
-    The reference freezes it; so do we, otherwise DDP (without find_unused_parameters) waits for
-    its gradient forever. DinoSR heads read the final output and need it.
-    """
-    if model.config.head_input == "before_residual":
-        model.spidr.encoder.layers[-1].final_layer_norm.requires_grad_(False)
-
-
 def pretraining_param_groups(model: SpidRForPreTraining, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: the student (encoder, mask embedding, heads) and the feature encoder.
 
@@ -147,8 +137,7 @@ class SpidRTeacherCallback(TrainerCallback):
     def on_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         model = unwrap(kwargs["model"])
         if getattr(kwargs.get("optimizer"), "step_was_skipped", False):
-            # The model has no public "discard" yet: drop the statistics so a skipped step changes nothing.
-            model._pending_codebook_stats = None
+            model.discard_codebook_update()  # a skipped step changes nothing
             return
         model.apply_codebook_update()
         self.last_ema_decay = model.ema_step()
@@ -247,7 +236,6 @@ class SpidRPretrainer(Trainer):
             )
         # Micro-batches of one optimizer step must all see the same codebooks (updated in on_optimizer_step).
         model.defer_codebook_update = True
-        freeze_unused_student_norm(model)
         if args.ddp_find_unused_parameters is None:
             args.ddp_find_unused_parameters = _needs_find_unused_parameters(model, args)
         self.data_seed = args.data_seed if args.data_seed is not None else args.seed
