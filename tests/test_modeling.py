@@ -189,3 +189,27 @@ def test_pretraining_backward_reaches_student_not_teacher(tiny_config):
     assert model.mask_embedding.grad is not None and model.heads[0].weight.grad is not None
     assert model.spidr.feature_extractor.conv_layers[0].conv.weight.grad is not None
     assert all(p.grad is None for p in model.teacher.parameters())
+
+
+@pytest.mark.parametrize("norm", ["layer_norm", "group_norm"])
+def test_feature_encoder_equals_conv1d_then_norm(tiny_config, norm):
+    """The windowed-matmul convolution equals torch's Conv1d followed by the per-frame (or group) norm."""
+    import torch.nn.functional as F
+
+    tiny_config.feat_extract_norm = norm
+    tiny_config.conv_bias = True
+    torch.manual_seed(0)
+    encoder = SpidRModel(tiny_config).feature_extractor.eval()
+    waves = torch.randn(2, 5000)
+    hidden = waves[:, None]
+    for i, layer in enumerate(encoder.conv_layers):
+        torch.nn.init.normal_(layer.conv.bias)
+        hidden = layer.conv(hidden)
+        if norm == "layer_norm":
+            hidden = F.layer_norm(hidden.transpose(1, 2), (hidden.shape[1],), layer.layer_norm.weight,
+                                  layer.layer_norm.bias, layer.layer_norm.eps).transpose(1, 2)  # fmt: skip
+        elif i == 0:
+            hidden = layer.layer_norm(hidden)
+        hidden = F.gelu(hidden)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(waves), hidden.transpose(1, 2).detach(), atol=1e-5, rtol=1e-5)
