@@ -122,7 +122,11 @@ class SpidRFeatureExtractor(SequenceFeatureExtractor):
 
 
 def standardize(wave: np.ndarray) -> np.ndarray:
-    """Zero mean, unit variance (the recipe's per-utterance normalisation, as in Wav2Vec2FeatureExtractor)."""
+    """Zero mean, unit variance (the recipe's per-utterance normalisation, as in Wav2Vec2FeatureExtractor).
+
+    Defined here, not imported, so this file loads with `trust_remote_code` without spidr_hf;
+    `spidr_hf.audio.standardize` is this function.
+    """
     wave = wave.astype(np.float32, copy=False)
     return ((wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)).astype(np.float32)
 

@@ -15,7 +15,6 @@ from .modeling import (
     SpidRModelOutput,
     SpidRPreTrainedModel,
 )
-
 from .pipeline import SpidRFeatureExtractionPipeline, register_pipelines
 from .units import KMeansQuantizer, codeword_units, deduplicate, deduplicate_batch, fit_kmeans, predict_units
 

@@ -11,7 +11,7 @@ the same formula as transformers' ``Wav2Vec2FeatureExtractor`` (see :func:`stand
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -20,13 +20,14 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from .modeling.feature_extraction_spidr import standardize as _feature_extractor_standardize
+
 SAMPLING_RATE = 16_000
 """The sampling rate every SpidR model expects."""
 
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".mp3", ".ogg")
 """File name endings (lower case) that :func:`find_audio_files` collects."""
 
-STANDARDIZE_EPS = 1e-7
 """Added to the variance before the square root, as in ``Wav2Vec2FeatureExtractor``."""
 
 AudioSource = str | os.PathLike | BinaryIO
@@ -41,6 +42,30 @@ def _describe(source: AudioSource) -> str:
     if isinstance(source, str | os.PathLike):
         return os.fspath(source)
     return str(getattr(source, "name", "<audio bytes>"))
+
+
+DEFAULT_CONV_KERNEL: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
+"""Kernel sizes of SpidR's waveform convolutions (one per layer)."""
+
+DEFAULT_CONV_STRIDE: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
+"""Strides of SpidR's waveform convolutions: 320 samples (20 ms at 16 kHz) per frame."""
+
+
+def num_frames(
+    num_samples: int,
+    conv_kernel: Sequence[int] = DEFAULT_CONV_KERNEL,
+    conv_stride: Sequence[int] = DEFAULT_CONV_STRIDE,
+) -> int:
+    """Number of encoder frames for a waveform of ``num_samples`` samples.
+
+    Each unpadded convolution maps ``L`` to ``floor((L - kernel) / stride) + 1`` (0 when ``L < kernel``);
+    with the default convolutions that is ``floor((L - 400) / 320) + 1``: frame t covers samples
+    ``[320 t, 320 t + 400)``.
+    """
+    length = int(num_samples)
+    for kernel, stride in zip(conv_kernel, conv_stride, strict=True):
+        length = max((length - kernel) // stride + 1, 0)
+    return length
 
 
 def resampled_length(num_samples: int, orig_rate: int, target_rate: int) -> int:
@@ -144,11 +169,10 @@ def load_audio(
 def standardize(wave: np.ndarray) -> np.ndarray:
     """Zero-mean, unit-variance copy of a waveform: ``(x - mean) / sqrt(var + 1e-7)``.
 
-    The formula of transformers' ``Wav2Vec2FeatureExtractor`` (``do_normalize=True``), so that
-    training inputs match what the model's feature extractor feeds it at inference.
+    The model's own feature extractor's function (the formula of transformers'
+    ``Wav2Vec2FeatureExtractor``), so training inputs match what it feeds the model at inference.
     """
-    wave = np.asarray(wave, dtype=np.float32)
-    return ((wave - wave.mean()) / np.sqrt(wave.var() + STANDARDIZE_EPS)).astype(np.float32, copy=False)
+    return _feature_extractor_standardize(np.asarray(wave, dtype=np.float32))
 
 
 def find_audio_files(root: str | os.PathLike, extensions: Iterable[str] = AUDIO_EXTENSIONS) -> list[Path]:

@@ -126,7 +126,13 @@ def batch_loss(model: Any, batch: dict[str, torch.Tensor]) -> float:
 
 def score_units(model_dir: Path, corpus_dir: Path, units_dir: Path, layer: int) -> dict[str, Any]:
     """Head units of `layer` for the corpus (`spidr_hf.extract`), and their metrics against the alignments."""
-    from spidr_hf.evaluation import count_frames, metrics_from_counts, pair_frames, read_alignments, read_units
+    from spidr_hf.evaluation import (
+        count_frames,
+        metrics_from_counts,
+        pair_frames,
+        read_alignments,
+        read_units,
+    )
     from spidr_hf.extract import ExtractionOptions, extract
 
     options = ExtractionOptions(output_dir=str(units_dir), units="head", unit_layer=layer, num_workers=0, device="cpu")

@@ -96,6 +96,7 @@ from .audio import (
     AudioDecodeError,
     find_audio_files,
     load_audio,
+    num_frames,
     resample,
     resampled_length,
     standardize,
@@ -302,11 +303,6 @@ def _with_length(item: AudioItem, num_samples: int) -> AudioItem:
 
 
 # --------------------------------------------------------------------------- batching
-def num_frames(num_samples: int) -> int:
-    """Frames of ``num_samples`` samples: frame t covers samples [320 t, 320 t + 400)."""
-    return max(0, (num_samples - FRAME_FIELD) // FRAME_HOP + 1)
-
-
 def length_batches(lengths: Sequence[int], max_batch_samples: int) -> list[list[int]]:
     """Indices grouped longest first so that ``len(batch) * longest <= max_batch_samples`` (one item at least)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])

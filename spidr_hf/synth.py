@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.functional as AF
 from tqdm import tqdm
+
+from .audio import num_frames, resample
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ SILENCE = "SIL"
 ESPEAK_INSTALL_HINT = "espeak-ng is not installed; install it: apt-get install espeak-ng"
 
 # SpidR's convolutional feature encoder: (kernel, stride) of its 7 layers (wav2vec 2.0 layout).
-ENCODER_CONV_LAYERS: tuple[tuple[int, int], ...] = ((10, 5),) + ((3, 2),) * 4 + ((2, 2),) * 2
 # receptive field and hop of the encoder, in samples: frame t covers [t*HOP, t*HOP + FIELD)
 FRAME_HOP = 320
 FRAME_FIELD = 400
@@ -278,16 +277,6 @@ def espeak_available() -> bool:
 # --------------------------------------------------------------------------- alignment
 
 
-def num_frames(num_samples: int) -> int:
-    """SpidR encoder frames for ``num_samples`` samples: ``L = floor((L - k) / s) + 1`` per conv layer."""
-    length = num_samples
-    for kernel, stride in ENCODER_CONV_LAYERS:
-        if length < kernel:
-            return 0
-        length = (length - kernel) // stride + 1
-    return length
-
-
 def frame_centers(count: int) -> np.ndarray:
     """Centre time in seconds of encoder frames ``0..count-1``: ``(t * 320 + 200) / 16000``."""
     return (np.arange(count) * FRAME_HOP + FRAME_FIELD / 2) / SAMPLE_RATE
@@ -331,10 +320,8 @@ def phone_segments(
 
 def _to_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """int16 samples at ``sample_rate`` -> float32 in [-1, 1] at 16 kHz."""
-    wave = torch.from_numpy(audio.astype(np.float32) / 32768.0)
-    if sample_rate != SAMPLE_RATE:
-        wave = AF.resample(wave, sample_rate, SAMPLE_RATE)
-    return wave.clamp_(-1.0, 1.0).numpy()  # resampling can overshoot full scale slightly
+    wave = resample(audio.astype(np.float32) / 32768.0, sample_rate, SAMPLE_RATE)
+    return np.clip(wave, -1.0, 1.0)  # resampling can overshoot full scale slightly
 
 
 def render(

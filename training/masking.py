@@ -23,30 +23,11 @@ frames in order, so with right padding they are ordinary contiguous spans.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-DEFAULT_CONV_KERNEL: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
-"""Kernel sizes of SpidR's waveform convolutions (one per layer)."""
+from spidr_hf.audio import DEFAULT_CONV_KERNEL, DEFAULT_CONV_STRIDE, num_frames
 
-DEFAULT_CONV_STRIDE: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
-"""Strides of SpidR's waveform convolutions: 320 samples (20 ms at 16 kHz) per frame."""
-
-
-def num_frames(
-    num_samples: int,
-    conv_kernel: Sequence[int] = DEFAULT_CONV_KERNEL,
-    conv_stride: Sequence[int] = DEFAULT_CONV_STRIDE,
-) -> int:
-    """Number of encoder frames for a waveform of ``num_samples`` samples.
-
-    Each unpadded convolution maps ``L`` to ``floor((L - kernel) / stride) + 1`` (0 when ``L < kernel``).
-    """
-    length = int(num_samples)
-    for kernel, stride in zip(conv_kernel, conv_stride, strict=True):
-        length = max((length - kernel) // stride + 1, 0)
-    return length
+__all__ = ["DEFAULT_CONV_KERNEL", "DEFAULT_CONV_STRIDE", "compute_span_mask", "num_frames"]
 
 
 def _validate(mask_prob: float, mask_length: int, min_masks: int) -> None:
