@@ -4,13 +4,12 @@ Prints audio seconds processed per second of wall time for each model and their 
 The two models are timed alternately (A, B, A, B, ...) so that drift of a shared machine
 affects both alike; the median over repeats is reported.
 
-Measured here on a shared 2-core CPU (load average 5 to 7 from other jobs), fp32, sdpa, batch
-2 x 4 s: with 1 thread SpidRModel 4.9 audio s/s, HubertModel 5.8, ratio 0.86x; with 2 threads
-1.5 and 1.6 audio s/s, 0.93x wall / 0.92x CPU time (spin-waiting threads on an oversubscribed
-machine make the 2-thread figures slower than 1 thread). Profiled, SpidR's extra cost is its
-feature encoder's per-layer LayerNorm ("layer_norm" mode, with a transpose and a copy around
-each of the 7 convs) where HuBERT base normalises only after the first conv. GPU numbers
-(``--device cuda --dtype bf16``) could not be measured here.
+Measured on this project's 2-core CPU machine (idle), fp32, sdpa, batch 2 x 4 s, after the feature
+encoder moved to channels-last convolutions: 2 threads SpidRModel 9.7 audio s/s, HubertModel 10.0,
+ratio 0.98x (wall and CPU time); 1 thread 0.98x. Before that change the ratio was 0.86-0.93x.
+What is left is SpidR's architecture: a LayerNorm after each of the 7 convolutions, where HuBERT
+base normalises only after the first; SpidR's transformer layers and positional convolution are
+faster than HuBERT's. GPU numbers (``--device cuda --dtype bf16``) could not be measured here.
 
     python benchmarks/bench_inference.py                                  # CPU, fp32
     python benchmarks/bench_inference.py --device cuda --dtype bf16 --batch-size 8 --seconds 15

@@ -48,18 +48,6 @@ def converted_dir(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture
 def tiny_config():
     """A very small random SpidR configuration for tests that need no reference numbers."""
-    from spidr_hf import SpidRConfig
+    from pretrain_worker import micro_config  # tests/ is on sys.path under pytest
 
-    return SpidRConfig(
-        conv_dim=[16] * 7,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_conv_pos_embedding_groups=4,
-        num_codebooks=2,
-        codebook_size=8,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        feat_proj_dropout=0.0,
-    )
+    return micro_config(num_hidden_layers=3, num_attention_heads=4, codebook_backend="auto")
