@@ -38,6 +38,7 @@ def test_wheel_holds_subpackages_under_spidr_hf(wheel):
         "spidr_hf/training/__init__.py",
         "spidr_hf/kernels/__init__.py",
         "spidr_hf/commands/convert.py",
+        "spidr_hf/training/recipes/spidr_base.toml",
     ):
         assert required in names, required
     top_level = {n.split("/")[0] for n in names}
