@@ -90,3 +90,16 @@ def unit_last_stride(t: torch.Tensor) -> torch.Tensor:
 def device_guard(t: torch.Tensor) -> contextlib.AbstractContextManager:
     """Triton launches on the current CUDA device: make it the tensor's one."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def jit_kernels(module_globals: dict, *kernels) -> tuple:
+    """Import Triton now (in the mode TRITON_INTERPRET selects) and JIT-wrap `kernels`.
+
+    Kernel bodies refer to `tl` as a global of their own module, so it is bound there.
+    """
+    import triton
+    import triton.language
+
+    module_globals["tl"] = triton.language
+    return tuple(triton.jit(kernel) for kernel in kernels)
+

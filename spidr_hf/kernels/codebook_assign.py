@@ -56,6 +56,7 @@ import torch
 from ._dispatch import (
     cdiv,
     device_guard,
+    jit_kernels,
     next_power_of_2,
     resolve_backend,
     triton_interpreting,
@@ -68,13 +69,8 @@ tl: Any = None
 
 @functools.cache
 def _kernels() -> tuple[Any, Any]:
-    """JIT-wrap the kernels below, importing Triton now, in the mode TRITON_INTERPRET selects."""
-    global tl
-    import triton
-    import triton.language
-
-    tl = triton.language
-    return triton.jit(_assign_kernel), triton.jit(_soft_stats_kernel)
+    """The JIT-wrapped kernels below; Triton is imported on this first call."""
+    return jit_kernels(globals(), _assign_kernel, _soft_stats_kernel)
 
 
 PRECISIONS: tuple[str, ...] = ("auto", "ieee", "tf32x3", "tf32")

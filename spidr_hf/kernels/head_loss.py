@@ -24,6 +24,7 @@ from torch.autograd.function import once_differentiable
 from ._dispatch import (
     cdiv,
     device_guard,
+    jit_kernels,
     next_power_of_2,
     resolve_backend,
     triton_interpreting,
@@ -36,13 +37,8 @@ tl: Any = None
 
 @functools.cache
 def _kernels() -> tuple[Any, Any]:
-    """JIT-wrap the kernels below, importing Triton now, in the mode TRITON_INTERPRET selects."""
-    global tl
-    import triton
-    import triton.language
-
-    tl = triton.language
-    return triton.jit(_head_loss_fwd_kernel), triton.jit(_head_loss_bwd_kernel)
+    """The JIT-wrapped kernels below; Triton is imported on this first call."""
+    return jit_kernels(globals(), _head_loss_fwd_kernel, _head_loss_bwd_kernel)
 
 
 def codebook_head_loss(
