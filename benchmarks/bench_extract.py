@@ -54,7 +54,7 @@ from transformers import HubertConfig, HubertModel
 
 from spidr_hf import SpidRConfig, SpidRForPreTraining, SpidRModel
 from spidr_hf.audio import load_audio, standardize
-from spidr_hf.extract import ExtractionOptions, FrameEncoder, extract
+from spidr_hf.extract import DTYPES, ExtractionOptions, FrameEncoder, extract
 from spidr_hf.units import head_units_from_features
 
 SMALL = dict(
@@ -65,7 +65,6 @@ SMALL = dict(
     intermediate_size=1024,
     num_codebooks=2,
 )
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def speech_like(seconds: float, seed: int) -> np.ndarray:

@@ -26,8 +26,7 @@ import torch
 from transformers import HubertConfig, HubertModel
 
 from spidr_hf import SpidRConfig, SpidRModel
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from spidr_hf.extract import DTYPES
 
 
 def build_models(device: str, dtype: torch.dtype, attn: str) -> dict[str, torch.nn.Module]:

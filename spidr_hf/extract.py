@@ -630,7 +630,8 @@ class ExtractionReport:
         return text
 
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""Compute dtypes by their command-line names."""
 
 
 def load_model(model_dir: str | os.PathLike, options: ExtractionOptions) -> torch.nn.Module:
@@ -639,7 +640,7 @@ def load_model(model_dir: str | os.PathLike, options: ExtractionOptions) -> torc
     cls = SpidRForPreTraining if options.units in ("head", "codeword") else SpidRModel
     model = cls.from_pretrained(model_dir, dtype=torch.float32)
     # only the encoder runs in --dtype: heads and codebooks are tiny, and bf16 codewords would move units
-    encoder_of(model).to(_DTYPES[options.dtype])
+    encoder_of(model).to(DTYPES[options.dtype])
     return model.to(device).eval()
 
 
@@ -902,6 +903,7 @@ def _write_failures(path: Path, failed: list[tuple[str, str]]) -> None:
 
 
 __all__ = [
+    "DTYPES",
     "AudioInputs",
     "AudioItem",
     "ExtractionOptions",
