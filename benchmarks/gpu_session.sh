@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Every GPU check of the project in one run, for a lent H100/H200 (15 minutes in all):
+#   1. install: spidr-hf editable (plus any wheels carried in .whl/: soundfile, fastabx, ...)
+#   2. pytest on the GPU: tests/test_gpu.py (reference parity on CUDA, bf16/fp16, padding, compile),
+#      tests/test_kernels.py (Triton compiled, not interpreted), tests/test_evaluation.py (real fastabx)
+#   3. benchmarks/gpu_kernels_check.py: kernel correctness per input precision, then bench_codebook
+#   4. benchmarks/bench_inference.py --device cuda --dtype bf16: SpidRModel vs HubertModel
+#   5. benchmarks/bench_extract.py --device cuda --dtype bf16: extraction vs a plain HuBERT loop,
+#      and GPU memory of a one-hour file
+#   6. benchmarks/bench_pretrain_step.py: one base pretraining step, eager and compiled, by phase
+# Each step has its own time limit and log ($OUT/NAME.log, or ./gpu-logs); a failed step does not
+# stop the next. SMOKE=1 runs the same steps at toy sizes on a CPU, to test this script.
+#   bash benchmarks/gpu_session.sh                 # on the GPU machine, from the repo root
+#   SMOKE=1 bash benchmarks/gpu_session.sh         # anywhere, a few minutes
+set -u
+OUT=${OUT:-$PWD/gpu-logs}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 SPIDR_FIXTURES=${SPIDR_FIXTURES:-$PWD/.fixtures}
+SMOKE=${SMOKE:-0}
+PY=${PYTHON:-python3}
+
+step() {  # step NAME LIMIT_SECONDS COMMAND...: run, log, print the log's tail and the time taken
+    local name=$1 limit=$2 start=$SECONDS rc
+    shift 2
+    echo "=== $name (limit ${limit} s)"
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    rc=$?
+    grep -E "PASS|FAIL|INFO|passed|failed|error|Error|x |audio|ratio|MiB|us |step" "$OUT/$name.log" | tail -n "${TAIL:-25}"
+    echo "--- $name: exit $rc after $((SECONDS - start)) s"
+}
+
+if [ "$SMOKE" != 1 ]; then  # SMOKE=1 uses the developer's environment (make test's .venv) as it is
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    # carried wheels (Python 3.12) go to /tmp/site; spidr-hf itself installs editable, as in development
+    step install 120 bash -c "set -e
+        if ls .whl/*.whl >/dev/null 2>&1; then
+            $PY -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
+        fi
+        export PYTHONPATH=/tmp/site  # a carried setuptools >= 77 builds the editable install
+        $PY -m pip install -q --no-index --no-deps --no-build-isolation -e . || {
+            echo 'editable install failed: copying the package into /tmp/site instead'
+            cp -r spidr_hf /tmp/site/ && cp -r modeling /tmp/site/spidr_hf/ && cp -r training /tmp/site/spidr_hf/
+        }"
+    export PYTHONPATH=/tmp/site
+fi
+$PY -c 'import spidr_hf, torch, transformers, triton, accelerate
+print("spidr_hf", spidr_hf.__file__, "torch", torch.__version__, "transformers", transformers.__version__,
+      "triton", triton.__version__, "accelerate", accelerate.__version__, "cuda", torch.cuda.is_available())'
+
+step pytest 200 $PY -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py tests/test_kernels.py \
+    tests/test_evaluation.py tests/test_parity.py
+
+if [ "$SMOKE" = 1 ]; then
+    step kernels 300 $PY benchmarks/gpu_kernels_check.py --cpu-smoke
+    step inference 120 $PY benchmarks/bench_inference.py --repeats 2 --seconds 1
+    step extract 300 $PY benchmarks/bench_extract.py --small --files 4 --repeats 1 --long-minutes 1
+    step pretrain 300 $PY benchmarks/bench_pretrain_step.py --small
+else
+    step kernels 170 $PY benchmarks/gpu_kernels_check.py
+    step inference 90 bash -c "$PY benchmarks/bench_inference.py --device cuda --dtype bf16 --batch-size 8 \
+        --seconds 15 --repeats 20 --warmup 3 && $PY benchmarks/bench_inference.py --device cuda --dtype fp32 \
+        --batch-size 8 --seconds 15 --repeats 10 --warmup 2"
+    step extract 150 $PY benchmarks/bench_extract.py --device cuda --dtype bf16 --files 200 --repeats 2 \
+        --num-workers 8 --long-minutes 60
+    step pretrain 200 $PY benchmarks/bench_pretrain_step.py
+fi
