@@ -64,7 +64,9 @@ def test_pretraining_forward_matches_the_reference_on_cuda(converted_dir, expect
     with torch.no_grad(), no_tf32():
         out = model(expected["pretrain.waveforms"].cuda(), mask_time_indices=expected["pretrain.mask"].cuda())
     torch.testing.assert_close(out.frame_losses.cpu(), expected["pretrain.frame_losses"], atol=ATOL, rtol=0)
-    torch.testing.assert_close(out.target_perplexity.cpu(), expected["pretrain.target_ppl"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        out.target_perplexity.cpu(), expected["pretrain.target_ppl"], atol=ATOL, rtol=0
+    )
     for i in range(model.config.num_codebooks):
         assert torch.equal(out.teacher_labels[i].cpu(), expected[f"pretrain.teacher_labels{i + 1}"])
         torch.testing.assert_close(
@@ -101,7 +103,9 @@ def test_padded_batch_equals_single_utterances_on_cuda(attn_implementation):
     model = _base_model(attn_implementation=attn_implementation, num_hidden_layers=4)
     wave = _wave(2, 3.0)
     lengths = [48_000, 31_234]
-    attention_mask = (torch.arange(48_000, device="cuda")[None] < torch.tensor(lengths, device="cuda")[:, None]).long()
+    attention_mask = (
+        torch.arange(48_000, device="cuda")[None] < torch.tensor(lengths, device="cuda")[:, None]
+    ).long()
     with torch.no_grad(), no_tf32():
         batch = model(wave, attention_mask=attention_mask)
         frames = batch.frame_attention_mask.sum(-1).tolist()
