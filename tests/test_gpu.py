@@ -100,7 +100,7 @@ def test_half_precision_inference_follows_fp32(dtype):
 
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 def test_padded_batch_equals_single_utterances_on_cuda(attn_implementation):
-    model = _base_model(attn_implementation=attn_implementation, num_hidden_layers=4)
+    model = _base_model(attn_implementation=attn_implementation, num_hidden_layers=4, num_codebooks=2)
     wave = _wave(2, 3.0)
     lengths = [48_000, 31_234]
     attention_mask = (
@@ -116,7 +116,7 @@ def test_padded_batch_equals_single_utterances_on_cuda(attn_implementation):
 
 
 def test_compiled_model_on_cuda_equals_eager():
-    model = _base_model(num_hidden_layers=2)
+    model = _base_model(num_hidden_layers=2, num_codebooks=2)
     wave = _wave(2, 2.0)
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad(), no_tf32():

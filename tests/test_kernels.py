@@ -35,10 +35,16 @@ from spidr_hf.kernels.codebook_assign import (  # noqa: E402
 )
 
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
-TRITON_HERE = _dispatch.triton_available() and (HAS_CUDA or _dispatch.triton_interpreting())
+# Triton < 3.7's interpreter fails with NumPy >= 2.4 (a clear error, tested below): then only CUDA runs it
+INTERPRETER_PROBLEM = _dispatch.installed_interpreter_incompatibility()
+TRITON_HERE = _dispatch.triton_available() and (
+    HAS_CUDA or (_dispatch.triton_interpreting() and not INTERPRETER_PROBLEM)
+)
 CHILD_ENV = "SPIDR_KERNEL_TESTS_CHILD"
 needs_triton = pytest.mark.skipif(
-    not TRITON_HERE, reason="Triton cannot run in this process; test_triton_cases_in_subprocess runs it"
+    not TRITON_HERE,
+    reason=INTERPRETER_PROBLEM
+    or "Triton cannot run in this process; test_triton_cases_in_subprocess runs it",
 )
 gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
@@ -315,6 +321,21 @@ def test_forced_triton_explains_what_is_missing(monkeypatch):
     assert _dispatch.resolve_backend("auto", torch.device("cuda")) == "torch"
 
 
+def test_interpreter_version_clash_gets_a_clear_error(monkeypatch):
+    """Triton 3.6's interpreter + NumPy 2.4 failed deep in Triton (seen on the GPU machine's image)."""
+    problem = _dispatch.interpreter_incompatibility("3.6.0", "2.4.6")
+    assert "Triton 3.6.0" in problem and "NumPy 2.4.6" in problem and "triton>=3.7" in problem
+    assert _dispatch.interpreter_incompatibility("3.6.0", "2.3.5") is None
+    assert _dispatch.interpreter_incompatibility("3.7.0", "2.4.6") is None
+    assert _dispatch.interpreter_incompatibility("3.8.0", "2.5.2") is None
+    monkeypatch.setattr(_dispatch, "triton_available", lambda: True)
+    monkeypatch.setattr(_dispatch, "triton_interpreting", lambda: True)
+    monkeypatch.setattr(_dispatch, "installed_interpreter_incompatibility", lambda: problem)
+    with pytest.raises(RuntimeError, match="cannot run with NumPy"):
+        _dispatch.resolve_backend("triton", torch.device("cpu"))
+    assert _dispatch.resolve_backend("auto", torch.device("cpu")) == "torch"
+
+
 def test_package_works_without_triton():
     """With ``import triton`` failing, the package imports, runs the torch path, and says what is missing."""
     code = (
@@ -340,8 +361,11 @@ def test_package_works_without_triton():
 
 
 @pytest.mark.skipif(
-    TRITON_HERE or not _dispatch.triton_available() or os.environ.get(CHILD_ENV) == "1",
-    reason="the Triton tests run in this process (or Triton is not installed)",
+    TRITON_HERE
+    or not _dispatch.triton_available()
+    or bool(INTERPRETER_PROBLEM)
+    or os.environ.get(CHILD_ENV) == "1",
+    reason="the Triton tests run in this process (or Triton is not installed, or its interpreter cannot run)",
 )
 def test_triton_cases_in_subprocess():
     env = {**os.environ, "TRITON_INTERPRET": "1", CHILD_ENV: "1"}
@@ -397,6 +421,9 @@ def test_gpu_head_loss_at_training_shape():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _dispatch.triton_available(), reason="the scripts time the Triton kernels")
+@pytest.mark.skipif(
+    bool(INTERPRETER_PROBLEM), reason=f"the CPU smoke runs need the interpreter: {INTERPRETER_PROBLEM}"
+)
 def test_benchmark_scripts_cpu_smoke():
     """Both scripts' main() in one child process (one interpreter start-up instead of two)."""
     code = (

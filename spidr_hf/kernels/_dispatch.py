@@ -19,6 +19,7 @@ import functools
 from typing import Literal
 
 import torch
+from packaging.version import Version
 
 Backend = Literal["auto", "triton", "torch"]
 BACKENDS: tuple[str, ...] = ("auto", "triton", "torch")
@@ -45,6 +46,36 @@ def triton_interpreting() -> bool:
     return isinstance(tl.sum, InterpretedFunction)
 
 
+def interpreter_incompatibility(triton_version: str, numpy_version: str) -> str | None:
+    """Why Triton's interpreter cannot run kernels with these versions (a fix included), or None.
+
+    Triton before 3.7 turns one-element arrays into Python ints (``range(0, K, BLOCK)`` on a kernel
+    argument does it), which NumPy 2.4 made an error. Measured: Triton 3.6 fails with NumPy 2.4.6 and
+    runs with 2.3.5; Triton 3.7 and 3.8 run with 2.4.6.
+    """
+    if _release(triton_version) < (3, 7) and _release(numpy_version) >= (2, 4):
+        return (
+            f"Triton {triton_version}'s interpreter (TRITON_INTERPRET=1) cannot run with NumPy {numpy_version}: "
+            "upgrade Triton (pip install 'triton>=3.7'), install 'numpy<2.4', move the tensors to CUDA, "
+            "or pass backend='torch'"
+        )
+    return None
+
+
+def installed_interpreter_incompatibility() -> str | None:
+    """:func:`interpreter_incompatibility` for the installed Triton and NumPy (None without Triton)."""
+    if not triton_available():
+        return None
+    import numpy
+    import triton
+
+    return interpreter_incompatibility(triton.__version__, numpy.__version__)
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return Version(version).release
+
+
 def resolve_backend(backend: str, device: torch.device) -> Literal["triton", "torch"]:
     """Pick the implementation for tensors on ``device``; raise a clear error when forcing is impossible."""
     if backend not in BACKENDS:
@@ -58,7 +89,12 @@ def resolve_backend(backend: str, device: torch.device) -> Literal["triton", "to
             "backend='triton' needs the triton package, which is not importable here; "
             "install it (pip install triton) or pass backend='torch'"
         )
-    if device.type == "cuda" or triton_interpreting():
+    if device.type == "cuda":
+        return "triton"
+    if triton_interpreting():
+        problem = installed_interpreter_incompatibility()
+        if problem:
+            raise RuntimeError(problem)
         return "triton"
     if device.type == "cpu":
         raise RuntimeError(
@@ -102,4 +138,3 @@ def jit_kernels(module_globals: dict, *kernels) -> tuple:
 
     module_globals["tl"] = triton.language
     return tuple(triton.jit(kernel) for kernel in kernels)
-
