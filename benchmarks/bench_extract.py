@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    parser.add_argument("--files", type=int, help="corpus files (default: 24 small, 100 base)")
+    parser.add_argument("--files", type=int, help="corpus files (default: 96 small, 100 base)")
     parser.add_argument("--shortest", type=float, default=2.0)
     parser.add_argument("--longest", type=float, help="longest file in seconds (default: 8 small, 16 base)")
     parser.add_argument(
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--max-batch-samples", type=int, help="default: extract's (3.2M on GPU, 1 file on CPU)"
     )
-    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--num-workers", type=int, help="decoding processes (default: extract's, the spare cores)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each method (best is kept)")
     parser.add_argument(
         "--threads", type=int, help="torch CPU threads (1 gives steadier numbers on a busy machine)"
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.files = args.files or (24 if args.small else 100)
+    args.files = args.files or (96 if args.small else 100)
     args.longest = args.longest or (8.0 if args.small else 16.0)
     if args.long_minutes is None:
         args.long_minutes = 10.0 if args.small else 60.0

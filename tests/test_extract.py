@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -275,3 +276,16 @@ def test_length_batches_respect_the_budget():
     assert sorted(i for b in batches for i in b) == list(range(6))
     assert all(len(b) * max(lengths[i] for i in b) <= 800 for b in batches)
     assert length_batches([5000], 800) == [[0]]  # a file over the budget still gets its own batch
+
+
+def test_decoding_workers_default_to_the_spare_cores(monkeypatch):
+    from spidr_hf.extract import default_num_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
+    assert default_num_workers(torch.device("cpu")) == 0  # the model has every core
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 14)
+    assert default_num_workers(torch.device("cpu")) == 2
+    assert default_num_workers(torch.device("cuda")) == 4
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert default_num_workers(torch.device("cuda")) == 1

@@ -213,3 +213,52 @@ def test_feature_encoder_equals_conv1d_then_norm(tiny_config, norm):
         hidden = F.gelu(hidden)
     with torch.no_grad():
         torch.testing.assert_close(encoder(waves), hidden.transpose(1, 2).detach(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_cpu_chunked_feature_encoder_equals_one_pass(tiny_config, batch, monkeypatch):
+    """Chunks carry their frames' whole receptive field: same frames, same numbers up to rounding."""
+    torch.manual_seed(0)
+    model = SpidRModel(tiny_config).eval()
+    encoder = model.feature_extractor
+    calls = []
+    one_pass = encoder._encode
+    monkeypatch.setattr(encoder, "_encode", lambda x: calls.append(x.shape[1]) or one_pass(x))
+    waves = torch.randn(batch, 22_617)  # 70 frames and an odd remainder of samples
+    with torch.no_grad():
+        encoder.cpu_chunk_samples = None
+        whole = encoder(waves)
+        assert calls == [22_617]
+        whole_model = model(waves).last_hidden_state
+        encoder.cpu_chunk_samples = 3_000  # -> 16-frame chunks (the minimum)
+        calls.clear()
+        chunked = encoder(waves)
+        assert calls == [320 * 15 + 400] * 5  # 4 x 16 frames, then 6 frames zero-padded to 16
+        chunked_model = model(waves).last_hidden_state
+    assert chunked.shape == whole.shape == (batch, 70, tiny_config.conv_dim[-1])
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chunked_model, whole_model, atol=1e-5, rtol=1e-5)
+
+
+def test_chunking_and_in_place_activations_stay_out_of_autograd(tiny_config):
+    from spidr_hf.modeling.modeling_spidr import activate
+
+    torch.manual_seed(0)
+    model = SpidRModel(tiny_config).train()
+    model.feature_extractor.cpu_chunk_samples = 3_000
+    waves = torch.randn(2, 20_817)
+    assert not model.feature_extractor._chunked(waves)  # parameters need gradients
+    with torch.no_grad():
+        assert model.feature_extractor._chunked(waves)
+    model(waves).last_hidden_state.sum().backward()
+    assert model.feature_extractor.conv_layers[0].conv.weight.grad is not None
+
+    gelu = model.encoder.layers[0].feed_forward.activation
+    x = torch.randn(5, 7, requires_grad=True)
+    y = activate(gelu, x * 1)  # autograd records: a new tensor, correct gradients
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, torch.autograd.grad(torch.nn.functional.gelu(x).sum(), x)[0])
+    with torch.no_grad():
+        z = x * 1
+        assert activate(gelu, z) is z  # computed in place
+        torch.testing.assert_close(z, torch.nn.functional.gelu(x))

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-whole-s", type=float, default=60.0, help="longer files are processed in windows")
     run.add_argument("--window-s", type=float, default=20.0, help="kept (core) seconds per window")
     run.add_argument("--context-s", type=float, default=5.0, help="context seconds on each side of a window")
-    run.add_argument("--num-workers", type=int, default=2, help="decoding processes")
+    run.add_argument("--num-workers", type=int,
+                     help="decoding processes (default: the cores torch leaves free, at most 4; 0 on a CPU run)")  # fmt: skip
     run.add_argument(
         "--shard", type=_shard, help="process shard i of n (default: RANK/WORLD_SIZE when launched)"
     )
