@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "convert": "convert",
     "pretrain": "pretrain",
     "extract": "extract",
+    "fit-kmeans": "fit_kmeans",
     "evaluate": "evaluate",
     "synth-corpus": "synth_corpus",
     "demo": "demo",

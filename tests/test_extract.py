@@ -210,6 +210,30 @@ def test_codeword_and_kmeans_units(model_dir, model, audio_dir, tmp_path):
     assert line["units"] == quantizer(features[0]).tolist()
 
 
+def test_fit_kmeans_cli_saves_units_that_extract_finds(model_dir, model, audio_dir, tmp_path, capsys):
+    import shutil
+
+    own_dir = tmp_path / "model"  # fit-kmeans writes into the model directory
+    shutil.copytree(model_dir, own_dir)
+    inputs = [audio_dir / "sub", audio_dir / "a.wav"]
+    fit = ["fit-kmeans", own_dir, *inputs, "--layer", "2", "--max-frames", "150", "--device", "cpu"]
+    assert main([*map(str, fit), "--clusters", "4"]) == 0
+    assert "150 frames" in capsys.readouterr().out
+    saved = KMeansQuantizer.from_pretrained(own_dir, layer=2)
+    assert (saved.k, saved.layer, saved.representation) == (4, 2, "before_residual")
+    want = KMeansQuantizer.fit(sample_frames(model, inputs, layer=2, max_frames=150), 4, layer=2, seed=0)
+    torch.testing.assert_close(saved.centroids, want.centroids)
+
+    out = tmp_path / "units"
+    assert _run(own_dir, audio_dir / "sub", "--output-dir", out, "--units", "kmeans", "--layer", "2") == 0
+    wave = torch.from_numpy(standardize(load_audio(audio_dir / "sub" / "b.flac")))[None]
+    features, _ = layer_features(model, wave, None, 2, "before_residual")
+    assert json.loads((out / "units.jsonl").read_text())["units"] == saved(features[0]).tolist()
+
+    assert main([*map(str, fit), "--clusters", "1000"]) == 2
+    assert "k must be between 1 and the number of frames (150)" in capsys.readouterr().err
+
+
 def test_exit_codes(model_dir, audio_dir, tmp_path):
     corrupt = audio_dir / "corrupt.wav"
     assert _run(model_dir, corrupt, "--output-dir", tmp_path / "bad") == 1  # everything failed

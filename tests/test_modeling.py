@@ -65,17 +65,18 @@ def test_padded_batch_equals_single_utterances(tiny_config, attn_implementation)
             )
 
 
-def test_sdpa_equals_eager(tiny_config):
+@pytest.mark.parametrize("other", ["sdpa", pytest.param("flex_attention", marks=pytest.mark.slow)])
+def test_attention_implementations_equal_eager(tiny_config, other):
     torch.manual_seed(0)
     model = SpidRModel(tiny_config).eval()
     waves, mask = _audio([8000, 6000])
     outputs = {}
-    for impl in ("eager", "sdpa"):
+    for impl in ("eager", other):
         model.set_attn_implementation(impl)
         with torch.no_grad():
             outputs[impl] = model(waves, attention_mask=mask).last_hidden_state
     valid = model._get_feature_vector_attention_mask(outputs["eager"].shape[1], mask)
-    torch.testing.assert_close(outputs["sdpa"][valid], outputs["eager"][valid], atol=1e-5, rtol=0)
+    torch.testing.assert_close(outputs[other][valid], outputs["eager"][valid], atol=1e-5, rtol=0)
 
 
 def test_sdpa_is_the_default(tiny_config):
