@@ -9,7 +9,8 @@
 #      and GPU memory of a one-hour file
 #   6. benchmarks/bench_pretrain_step.py: one base pretraining step, eager and compiled, by phase
 # Each step has its own time limit and log ($OUT/NAME.log, or ./gpu-logs); a failed step does not
-# stop the next. SMOKE=1 runs the same steps at toy sizes on a CPU, to test this script.
+# stop the next. SMOKE=1 runs the same steps at toy sizes on a CPU, to test this script; STEPS="pytest
+# inference" runs only those steps (install always runs).
 #   bash benchmarks/gpu_session.sh                 # on the GPU machine, from the repo root
 #   SMOKE=1 bash benchmarks/gpu_session.sh         # anywhere, a few minutes
 set -u
@@ -19,9 +20,14 @@ export PYTHONUNBUFFERED=1 SPIDR_FIXTURES=${SPIDR_FIXTURES:-$PWD/.fixtures}
 SMOKE=${SMOKE:-0}
 PY=${PYTHON:-python3}
 
+STEPS=${STEPS:-pytest kernels inference extract pretrain}
+
 step() {  # step NAME LIMIT_SECONDS COMMAND...: run, log, print the log's tail and the time taken
     local name=$1 limit=$2 start=$SECONDS rc
     shift 2
+    if [ "$name" != install ] && [[ " $STEPS " != *" $name "* ]]; then
+        return
+    fi
     echo "=== $name (limit ${limit} s)"
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
     rc=$?

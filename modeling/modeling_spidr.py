@@ -109,9 +109,10 @@ class SpidRFeatureEncoder(nn.Module):
     """Raw waveform `(batch, samples)` -> frame features `(batch, frames, conv_dim[-1])`.
 
     CPU inference (no autograd) runs in time chunks of about `cpu_chunk_samples` samples (all rows
-    together), each a whole number of `cpu_frame_quantum` frames, the last one zero-padded up to
-    that. Each chunk holds its frames' whole receptive field, so every frame sees exactly the
-    samples it sees in one pass (the results differ only by float rounding, about 1e-6), and:
+    together); the last chunk is zero-padded up to one of `cpu_lengths_per_octave` lengths per
+    doubling of its frame count (at most 1/16 more frames). Each chunk holds its frames' whole
+    receptive field, so every frame sees exactly the samples it sees in one pass (the results
+    differ only by float rounding, about 1e-6), and:
 
     * the chunks' activations stay in cache instead of streaming 50 MB tensors through memory;
     * the convolutions see a few recurring lengths, so oneDNN reuses the kernels it builds for
@@ -124,7 +125,7 @@ class SpidRFeatureEncoder(nn.Module):
     """
 
     cpu_chunk_samples: int | None = 64_000
-    cpu_frame_quantum = 16
+    cpu_lengths_per_octave = 16
     min_chunk_frames = 16
 
     def __init__(self, config: SpidRConfig):
@@ -142,13 +143,11 @@ class SpidRFeatureEncoder(nn.Module):
             return self._encode(input_values)
         batch, samples = input_values.shape
         num_frames = (samples - self.receptive_field) // self.hop + 1
-        quantum = self.cpu_frame_quantum
         chunk_frames = max(self.min_chunk_frames, self.cpu_chunk_samples // (batch * self.hop))
-        chunk_frames = -(-chunk_frames // quantum) * quantum
         outputs = []
         for start in range(0, num_frames, chunk_frames):
             frames = min(chunk_frames, num_frames - start)
-            padded_frames = -(-frames // quantum) * quantum
+            padded_frames = frames if frames == chunk_frames else self._recurring_length(frames)
             first = self.hop * start
             piece = input_values[:, first : first + self.hop * (padded_frames - 1) + self.receptive_field]
             missing = self.hop * (padded_frames - 1) + self.receptive_field - piece.shape[1]
@@ -156,6 +155,11 @@ class SpidRFeatureEncoder(nn.Module):
                 piece = F.pad(piece, (0, missing))
             outputs.append(self._encode(piece)[:, :frames])
         return torch.cat(outputs, dim=1)
+
+    def _recurring_length(self, frames: int) -> int:
+        """`frames` rounded up to a multiple of the largest power of two <= frames / steps per octave."""
+        step = 1 << max(0, (frames // self.cpu_lengths_per_octave).bit_length() - 1)
+        return -(-frames // step) * step
 
     def _encode(self, input_values: torch.Tensor) -> torch.Tensor:
         hidden_states = input_values[:, :, None]

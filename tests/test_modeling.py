@@ -234,11 +234,20 @@ def test_cpu_chunked_feature_encoder_equals_one_pass(tiny_config, batch, monkeyp
         encoder.cpu_chunk_samples = 3_000  # -> 16-frame chunks (the minimum)
         calls.clear()
         chunked = encoder(waves)
-        assert calls == [320 * 15 + 400] * 5  # 4 x 16 frames, then 6 frames zero-padded to 16
+        assert calls == [320 * 15 + 400] * 4 + [320 * 5 + 400]  # 4 x 16 frames, then 6
         chunked_model = model(waves).last_hidden_state
     assert chunked.shape == whole.shape == (batch, 70, tiny_config.conv_dim[-1])
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(chunked_model, whole_model, atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_chunk_lengths_recur():
+    encoder = SpidRModel(SpidRConfig.tiny()).feature_extractor
+    lengths = {frames: encoder._recurring_length(frames) for frames in range(1, 2000)}
+    assert all(frames <= padded <= frames * 17 / 16 for frames, padded in lengths.items())
+    assert all(padded == frames for frames, padded in lengths.items() if frames < 32)
+    assert len(set(lengths.values())) < 16 * 7 + 32  # 16 per doubling above 32 frames
+    assert lengths[49] == 50 and lengths[199] == 200 and lengths[1000] == 1024
 
 
 def test_chunking_and_in_place_activations_stay_out_of_autograd(tiny_config):
