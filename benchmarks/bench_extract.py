@@ -18,16 +18,14 @@ the same on a 1 s file gives the fixed cost (Python, torch, the model).
 ``--compare-windowing`` measures windowed vs whole-file features on a 60 s file (the numbers
 quoted in :mod:`spidr_hf.extract`).
 
-Measured here on a shared 2-core CPU with a load average of 5 to 7 from other jobs, so wall
-times are unreliable and CPU times are the figures to compare (``--small --threads 1``,
-fp32; small = 4 layers x 256, conv 128 channels; 24 files, 2 min of audio):
-``spidr-hf extract`` 46.0 audio h per CPU h, plain SpidR loop 47.9, plain HuBERT loop 69.2
-(SpidR 0.69x HuBERT; 0.87x in an earlier, less loaded run, where the wall figures were 75.1
-and 86.4 audio h/h for the two plain loops). On a CPU the engine's default of one file per
-batch makes it cost the same as a plain loop; with 12-file padded batches it was 2.2x slower.
-One hour of audio (``--long-minutes 60``): peak RSS 1568 MiB against 758 MiB for a 1 s file
-(one 30 s window per batch, the CPU default; 1988 MiB with three windows per batch), 504 s of
-wall time. GPU numbers (batches, bf16) could not be measured here.
+Measured on this project's 2-core CPU (``--small``: 4 layers x 256, conv 128 channels; 96 files,
+8 min of audio, fp32): ``spidr-hf extract`` 157 audio h/h, plain SpidR loop 147, plain HuBERT loop
+124: extract 1.26x the HuBERT loop (it was 0.75x before the feature encoder's CPU chunks, which
+spare oneDNN a new kernel for every file length, and before decoding workers defaulted to the
+cores torch leaves free: none on this machine). On an H200 (base, bf16, 200 files, 32 min):
+extract 1,592-1,953 audio h/h, plain HuBERT loop 515-517: 3.09-3.78x over two runs; one hour
+of audio (``--long-minutes 60``) peaked at 1,558-1,584 MiB of GPU memory (221 MiB for a 1 s file).
+On the CPU one hour peaked at 1568 MiB RSS against 758 MiB for a 1 s file (504 s).
 
     python benchmarks/bench_extract.py --small                 # quick CPU run (small models, 10 min file)
     python benchmarks/bench_extract.py --small --long-minutes 60

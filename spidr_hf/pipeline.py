@@ -166,9 +166,10 @@ class SpidRFeatureExtractionPipeline(FeatureExtractionPipeline):
         representation: str = "hidden_state",
     ) -> dict[str, torch.Tensor]:
         input_values = model_inputs["input_values"].to(self.model.dtype)
-        features, frame_mask = layer_features(
-            self.model, input_values, model_inputs["attention_mask"], layer, representation
-        )
+        attention_mask = model_inputs["attention_mask"]
+        if bool(attention_mask.all()):  # one input, or equal lengths: masking would only cost time
+            attention_mask = None
+        features, frame_mask = layer_features(self.model, input_values, attention_mask, layer, representation)
         return {"features": features, "num_frames": frame_mask.sum(-1)}
 
     def postprocess(self, model_outputs: dict[str, torch.Tensor], return_tensors: bool = False) -> Any:
