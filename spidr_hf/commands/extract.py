@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 
+from spidr_hf.commands import model_and_audio_parser
+
 DESCRIPTION = "extract features or discrete units of audio files with a SpidR model"
 
 EPILOG = """\
@@ -37,18 +39,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="spidr-hf extract",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("model_dir", help="a SpidR model directory (transformers format)")
-    parser.add_argument(
-        "inputs",
-        nargs="+",
-        help="audio files, folders (recursive), .csv/.jsonl/.tsv manifests, saved datasets",
-    )
+    parser = model_and_audio_parser("spidr-hf extract", DESCRIPTION, EPILOG)
     parser.add_argument("--output-dir", required=True, help="where outputs go (created)")
 
     what = parser.add_argument_group("features (the default)")

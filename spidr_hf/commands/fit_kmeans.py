@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from spidr_hf.commands import model_and_audio_parser
+
 DESCRIPTION = "fit k-means units on one layer's features and save them with the model"
 
 EPILOG = """\
@@ -22,18 +24,7 @@ example:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="spidr-hf fit-kmeans",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("model_dir", help="a SpidR model directory (transformers format)")
-    parser.add_argument(
-        "inputs",
-        nargs="+",
-        help="audio files, folders (recursive), .csv/.jsonl/.tsv manifests, saved datasets",
-    )
+    parser = model_and_audio_parser("spidr-hf fit-kmeans", DESCRIPTION, EPILOG)
     parser.add_argument(
         "--layer", type=int, required=True, help="1-based encoder layer (the paper's best: 6)"
     )
