@@ -25,7 +25,8 @@ spare oneDNN a new kernel for every file length, and before decoding workers def
 cores torch leaves free: none on this machine). On an H200 (base, bf16, 200 files, 32 min):
 extract 1,592-1,953 audio h/h, plain HuBERT loop 515-517: 3.09-3.78x over two runs; one hour
 of audio (``--long-minutes 60``) peaked at 1,558-1,584 MiB of GPU memory (221 MiB for a 1 s file).
-On the CPU one hour peaked at 1568 MiB RSS against 758 MiB for a 1 s file (504 s).
+On the CPU one hour (small) peaked at 1406 MiB RSS against 751 MiB for a 1 s file, in 75 s
+(1568 MiB and 504 s before the feature encoder's CPU chunks).
 
     python benchmarks/bench_extract.py --small                 # quick CPU run (small models, 10 min file)
     python benchmarks/bench_extract.py --small --long-minutes 60
