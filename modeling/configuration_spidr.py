@@ -136,9 +136,7 @@ class SpidRConfig(PretrainedConfig):
                 f"{len(self.conv_dim)}, {len(self.conv_kernel)} and {len(self.conv_stride)}."
             )
         if self.feat_extract_norm not in {"layer_norm", "group_norm"}:
-            raise ValueError(
-                f"feat_extract_norm must be 'layer_norm' or 'group_norm', got {self.feat_extract_norm!r}."
-            )
+            raise ValueError(f"feat_extract_norm must be 'layer_norm' or 'group_norm', got {self.feat_extract_norm!r}.")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
@@ -156,9 +154,7 @@ class SpidRConfig(PretrainedConfig):
         if self.ema_schedule not in {"spidr", "dinosr"}:
             raise ValueError(f"ema_schedule must be 'spidr' or 'dinosr', got {self.ema_schedule!r}.")
         if self.codebook_backend not in {"auto", "triton", "torch"}:
-            raise ValueError(
-                f"codebook_backend must be 'auto', 'triton' or 'torch', got {self.codebook_backend!r}."
-            )
+            raise ValueError(f"codebook_backend must be 'auto', 'triton' or 'torch', got {self.codebook_backend!r}.")
 
     @property
     def num_feat_extract_layers(self) -> int:

@@ -48,9 +48,7 @@ class SpidRFeatureExtractor(SequenceFeatureExtractor):
         min_samples: int = 400,
         **kwargs,
     ):
-        super().__init__(
-            feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs
-        )
+        super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
         self.do_normalize = do_normalize
         self.return_attention_mask = return_attention_mask
         self.min_samples = min_samples
@@ -101,9 +99,7 @@ class SpidRFeatureExtractor(SequenceFeatureExtractor):
             max_length=max_length,
             truncation=truncation,
             pad_to_multiple_of=pad_to_multiple_of,
-            return_attention_mask=self.return_attention_mask
-            if return_attention_mask is None
-            else return_attention_mask,
+            return_attention_mask=self.return_attention_mask if return_attention_mask is None else return_attention_mask,
             return_tensors=return_tensors,
         )
         return padded

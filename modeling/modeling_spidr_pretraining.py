@@ -87,9 +87,7 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
             init.ones_(self.codebook_counts)
             # the teacher starts with the student's positional convolutions (and the EMA keeps copying them)
             for teacher_p, student_p in zip(
-                self.teacher.pos_conv_embed.parameters(),
-                self.spidr.encoder.pos_conv_embed.parameters(),
-                strict=True,
+                self.teacher.pos_conv_embed.parameters(), self.spidr.encoder.pos_conv_embed.parameters(), strict=True
             ):
                 init.copy_(teacher_p, student_p)
 
@@ -142,9 +140,7 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
             mask = mask & frame_mask
 
         student_input = self.spidr.feat_proj_dropout(features)
-        student_input = torch.where(
-            mask[..., None], self.mask_embedding.to(student_input.dtype), student_input
-        )
+        student_input = torch.where(mask[..., None], self.mask_embedding.to(student_input.dtype), student_input)
         student = self.spidr.encoder(student_input, frame_mask, output_before_residual=True)
         targets = self._teacher_targets(features.detach(), frame_mask, mask)
 
@@ -157,9 +153,7 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
         else:
             head_inputs = [student.last_hidden_state] * self.config.num_codebooks
         logits = torch.stack([head(x[mask]) for head, x in zip(self.heads, head_inputs, strict=True)])
-        losses, prob_sums = codebook_head_loss(
-            logits, assignment.labels, backend=self.config.codebook_backend
-        )
+        losses, prob_sums = codebook_head_loss(logits, assignment.labels, backend=self.config.codebook_backend)
         frame_losses = losses.mean(0)
         num_masked = frame_losses.shape[0]
         output = SpidRForPreTrainingOutput(
@@ -256,9 +250,7 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
                     teacher_params.append(t)
                     student_params.append(s.detach().to(t.dtype))
             torch._foreach_lerp_(teacher_params, student_params, 1.0 - decay)
-        for t, s in zip(
-            self.teacher.pos_conv_embed.parameters(), student.pos_conv_embed.parameters(), strict=True
-        ):
+        for t, s in zip(self.teacher.pos_conv_embed.parameters(), student.pos_conv_embed.parameters(), strict=True):
             t.copy_(s)
         return decay
 
@@ -281,6 +273,7 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
             layer: F.softmax(head(inputs[layer]).float(), dim=-1)
             for layer, head in zip(self.config.codebook_layers, self.heads, strict=True)
         }
+
 
     def predict_units(
         self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None, *, layer: int

@@ -83,9 +83,7 @@ def load_reference_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         ) from err
     state = _find_state_dict(obj)
     if state is None:
-        raise CheckpointError(
-            f"{path} holds no state dict of tensors (looked at the top level and under 'model')."
-        )
+        raise CheckpointError(f"{path} holds no state dict of tensors (looked at the top level and under 'model').")
     state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
     if not any(k.startswith("student.layers.") for k in state):
         raise CheckpointError(
@@ -121,14 +119,10 @@ def config_from_reference(
     if reference_config is not None:
         ref = dict(reference_config.get("model", reference_config))
         if ref.get("encoder_layer_norm_first", False):
-            raise CheckpointError(
-                "Pre-LN encoders (encoder_layer_norm_first=true) are not SpidR/DinoSR checkpoints."
-            )
+            raise CheckpointError("Pre-LN encoders (encoder_layer_norm_first=true) are not SpidR/DinoSR checkpoints.")
         excluded = ref.get("ema_exclude_layers", ["pos_conv_embed"])
         if list(excluded) != ["pos_conv_embed"]:
-            raise CheckpointError(
-                f"Unsupported ema_exclude_layers {excluded}: only ['pos_conv_embed'] is implemented."
-            )
+            raise CheckpointError(f"Unsupported ema_exclude_layers {excluded}: only ['pos_conv_embed'] is implemented.")
         if "extractor_mode" in ref:
             kwargs["feat_extract_norm"] = ref["extractor_mode"]
         if "extractor_conv_layer_config" in ref:
@@ -147,9 +141,7 @@ def config_from_reference(
             kwargs["num_attention_heads"],
         )
     else:
-        raise CheckpointError(
-            "The attention head count cannot be read off the weights: pass the reference config.json."
-        )
+        raise CheckpointError("The attention head count cannot be read off the weights: pass the reference config.json.")
     if model_type == "dinosr":
         kwargs.update(head_input="last_hidden_state", ema_schedule="dinosr")
     config = SpidRConfig(**kwargs)
@@ -158,13 +150,7 @@ def config_from_reference(
 
 
 def _config_from_weights(state: Mapping[str, torch.Tensor]) -> dict:
-    conv_ids = sorted(
-        {
-            int(m.group(1))
-            for k in state
-            if (m := re.match(r"feature_extractor\.conv_layers\.(\d+)\.conv\.weight", k))
-        }
-    )
+    conv_ids = sorted({int(m.group(1)) for k in state if (m := re.match(r"feature_extractor\.conv_layers\.(\d+)\.conv\.weight", k))})
     conv_weights = [state[f"feature_extractor.conv_layers.{i}.conv.weight"] for i in conv_ids]
     pos_weight = state["student.pos_conv_embed.convs.0.weight"]
     depth = len({k for k in state if re.match(r"student\.pos_conv_embed\.convs\.\d+\.weight$", k)})
@@ -173,9 +159,7 @@ def _config_from_weights(state: Mapping[str, torch.Tensor]) -> dict:
         conv_dim=[w.shape[0] for w in conv_weights],
         conv_kernel=[w.shape[2] for w in conv_weights],
         conv_bias="feature_extractor.conv_layers.0.conv.bias" in state,
-        feat_extract_norm="layer_norm"
-        if "feature_extractor.conv_layers.1.layer_norm.weight" in state
-        else "group_norm",
+        feat_extract_norm="layer_norm" if "feature_extractor.conv_layers.1.layer_norm.weight" in state else "group_norm",
         hidden_size=hidden,
         num_hidden_layers=len({k.split(".")[2] for k in state if k.startswith("student.layers.")}),
         intermediate_size=state["student.layers.0.feed_forward.intermediate_dense.weight"].shape[0],
@@ -192,14 +176,7 @@ def _config_from_weights(state: Mapping[str, torch.Tensor]) -> dict:
 
 def _check_against_weights(config: SpidRConfig, state: Mapping[str, torch.Tensor]) -> None:
     inferred = _config_from_weights(state)
-    for field in (
-        "conv_dim",
-        "conv_kernel",
-        "hidden_size",
-        "num_hidden_layers",
-        "intermediate_size",
-        "num_codebooks",
-    ):
+    for field in ("conv_dim", "conv_kernel", "hidden_size", "num_hidden_layers", "intermediate_size", "num_codebooks"):
         if getattr(config, field) != inferred[field]:
             raise CheckpointError(
                 f"The config says {field}={getattr(config, field)} but the weights have {inferred[field]}: "
@@ -207,9 +184,7 @@ def _check_against_weights(config: SpidRConfig, state: Mapping[str, torch.Tensor
             )
 
 
-def reference_to_hf_state_dict(
-    state: Mapping[str, torch.Tensor], config: SpidRConfig
-) -> dict[str, torch.Tensor]:
+def reference_to_hf_state_dict(state: Mapping[str, torch.Tensor], config: SpidRConfig) -> dict[str, torch.Tensor]:
     """Rename reference keys to `SpidRForPreTraining` keys; stack the codebooks into two buffers."""
     converted: dict[str, torch.Tensor] = {}
     sums: dict[int, torch.Tensor] = {}
@@ -224,21 +199,15 @@ def reference_to_hf_state_dict(
             continue
         for pattern, template in _KEY_RULES:
             if pattern.match(key):
-                converted[pattern.sub(template, key).replace(".attention.proj.", ".attention.out_proj.")] = (
-                    tensor
-                )
+                converted[pattern.sub(template, key).replace(".attention.proj.", ".attention.out_proj.")] = tensor
                 break
         else:
             unknown.append(key)
     if unknown:
-        raise CheckpointError(
-            f"Unexpected keys in the checkpoint (not part of SpidR/DinoSR): {sorted(unknown)[:10]}"
-        )
+        raise CheckpointError(f"Unexpected keys in the checkpoint (not part of SpidR/DinoSR): {sorted(unknown)[:10]}")
     if sums:
         if sorted(sums) != list(range(config.num_codebooks)) or sorted(counts) != sorted(sums):
-            raise CheckpointError(
-                f"Codebooks {sorted(sums)} / counts {sorted(counts)} do not cover {config.num_codebooks} codebooks."
-            )
+            raise CheckpointError(f"Codebooks {sorted(sums)} / counts {sorted(counts)} do not cover {config.num_codebooks} codebooks.")
         converted["codebook_sums"] = torch.stack([sums[i] for i in range(config.num_codebooks)])
         converted["codebook_counts"] = torch.stack([counts[i] for i in range(config.num_codebooks)])
     return converted

@@ -31,9 +31,7 @@ class DemoSettings:
     minutes: float = 12.0  # of synthetic speech
     max_steps: int = 3000  # optimizer steps of the tiny recipe (about 5.5 minutes on 2 idle CPU cores)
     seed: int = 0
-    unit_layer: int | None = (
-        None  # 1-based layer whose head gives the units; default: the first codebook layer
-    )
+    unit_layer: int | None = None  # 1-based layer whose head gives the units; default: the first codebook layer
     loss_batch_utterances: int = 8
 
 
@@ -87,11 +85,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     plots = write_plots(out / "plots", initial, trained, trainer.state.log_history)
     results = {
         "settings": asdict(settings),
-        "corpus": {
-            "minutes": round(corpus.minutes, 2),
-            "utterances": len(corpus.utterances),
-            "voices": corpus.voices,
-        },
+        "corpus": {"minutes": round(corpus.minutes, 2), "utterances": len(corpus.utterances), "voices": corpus.voices},
         "unit_layer": layer,
         "initial": {**initial["metrics"], "loss": initial_loss},
         "trained": {**trained["metrics"], "loss": trained_loss},
@@ -141,17 +135,13 @@ def score_units(model_dir: Path, corpus_dir: Path, units_dir: Path, layer: int) 
     )
     from spidr_hf.extract import ExtractionOptions, extract
 
-    options = ExtractionOptions(
-        output_dir=str(units_dir), units="head", unit_layer=layer, num_workers=0, device="cpu"
-    )
+    options = ExtractionOptions(output_dir=str(units_dir), units="head", unit_layer=layer, num_workers=0, device="cpu")
     report = extract(model_dir, [str(corpus_dir / "manifest.tsv")], options)
     if report.failed:
         raise RuntimeError(f"unit extraction failed for {len(report.failed)} file(s):\n{report.summary()}")
     config = json.loads((model_dir / "config.json").read_text())
     phones = (corpus_dir / "phones.txt").read_text().split()
-    pairs = pair_frames(
-        read_alignments(corpus_dir / "alignments.jsonl"), read_units(units_dir / "units.jsonl")
-    )
+    pairs = pair_frames(read_alignments(corpus_dir / "alignments.jsonl"), read_units(units_dir / "units.jsonl"))
     frames = count_frames(pairs, codebook_size=config["codebook_size"], phones=phones)
     return {"metrics": metrics_from_counts(frames), "frames": frames}
 
@@ -170,14 +160,10 @@ def write_plots(plot_dir: Path, initial: dict, trained: dict, log_history: list[
                 title=f"P(phone | unit), {name} model (PNMI {pnmi:.3f})",
             )
         )  # fmt: skip
-        paths.append(
-            plot_codebook_usage(frames.unit_counts, plot_dir / f"codebook_usage_{name}.png", title=name)
-        )
+        paths.append(plot_codebook_usage(frames.unit_counts, plot_dir / f"codebook_usage_{name}.png", title=name))
     points = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry and "step" in entry]
     if points:
-        paths.append(
-            plot_loss_curve(points, plot_dir / "loss_curve.png", title="tiny SpidR pretraining loss")
-        )
+        paths.append(plot_loss_curve(points, plot_dir / "loss_curve.png", title="tiny SpidR pretraining loss"))
     return paths
 
 
@@ -193,15 +179,10 @@ def results_table(results: dict[str, Any]) -> str:
         ("loss (fixed batch)", "loss", "{:.3f}"),
     ]
     initial, trained = results["initial"], results["trained"]
-    lines = [
-        f"Layer-{results['unit_layer']} head units on {results['corpus']['minutes']} min of synthetic speech:"
-    ]
+    lines = [f"Layer-{results['unit_layer']} head units on {results['corpus']['minutes']} min of synthetic speech:"]
     lines.append(f"{'':<21}{'initial':>9}  {'trained':>9}")
     for label, key, fmt in rows:
         a, b = initial.get(key), trained.get(key)
-        shown = [
-            fmt.format(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else "n/a"
-            for v in (a, b)
-        ]
+        shown = [fmt.format(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else "n/a" for v in (a, b)]
         lines.append(f"{label:<21}{shown[0]:>9}  {shown[1]:>9}")
     return "\n".join(lines)

@@ -27,20 +27,11 @@ def _plain_cpu_convolutions():
 
 def test_defaults_are_the_paper_recipe(tmp_path):
     args = parse_pretraining_args(["--output_dir", str(tmp_path)])
-    assert (args.learning_rate, args.adam_beta1, args.adam_beta2, args.adam_epsilon) == (
-        5e-4,
-        0.9,
-        0.95,
-        1e-6,
-    )
+    assert (args.learning_rate, args.adam_beta1, args.adam_beta2, args.adam_epsilon) == (5e-4, 0.9, 0.95, 1e-6)
     assert (args.weight_decay, args.max_grad_norm, args.max_steps) == (0.01, 10.0, 400_000)
     assert (args.lr_warmup_steps, args.lr_hold_steps, args.lr_decay_steps) == (12_000, 188_000, 200_000)
     assert (args.init_lr_scale, args.final_lr_scale) == (0.01, 0.01)
-    assert (args.per_device_max_batch_samples, args.min_samples, args.max_samples) == (
-        3_800_000,
-        2_000,
-        320_000,
-    )
+    assert (args.per_device_max_batch_samples, args.min_samples, args.max_samples) == (3_800_000, 2_000, 320_000)
     assert (args.mask_prob, args.mask_length, args.min_masks) == (0.8, 10, 2)
     assert args.ddp_broadcast_buffers is False and args.remove_unused_columns is False
     assert args.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
@@ -53,15 +44,9 @@ def test_flags_override_the_recipe_file_which_overrides_defaults(tmp_path):
         'model_config = "tiny"\nmax_steps = 50\n\n[optimizer]\nlearning_rate = 1e-3\nadam_beta2 = 0.98\n\n'
         "[masking]\nmask_length = 5\n"
     )
-    args = parse_pretraining_args(
-        ["--output_dir", str(tmp_path), "--recipe", str(recipe), "--max_steps", "7"]
-    )
+    args = parse_pretraining_args(["--output_dir", str(tmp_path), "--recipe", str(recipe), "--max_steps", "7"])
     assert (args.model_config, args.max_steps, args.learning_rate, args.adam_beta2, args.mask_length) == (
-        "tiny",
-        7,
-        1e-3,
-        0.98,
-        5,
+        "tiny", 7, 1e-3, 0.98, 5
     )
     (tmp_path / "typo.json").write_text(json.dumps({"learning_rat": 1e-3}))
     with pytest.raises(SystemExit):
@@ -84,13 +69,7 @@ def test_pretrain_writes_a_model_automodel_loads(tmp_path):
     )  # fmt: skip
     assert code == 0
     names = {p.name for p in out.iterdir()}
-    assert {
-        "config.json",
-        "model.safetensors",
-        "preprocessor_config.json",
-        "README.md",
-        "modeling_spidr.py",
-    } <= names
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_spidr.py"} <= names
     assert (out / "checkpoint-2" / "optimizer.pt").is_file()
 
     model = AutoModel.from_pretrained(out)
@@ -142,32 +121,14 @@ def test_arguments_refuse_inconsistent_lengths(tmp_path):
 @pytest.mark.slow
 def test_step_benchmark_runs_on_cpu():
     result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "bench_pretrain_step.py"),
-            "--small",
-            "--steps",
-            "1",
-            "--batch",
-            "2",
-            "--seconds",
-            "1",
-        ],
+        [sys.executable, str(REPO / "benchmarks" / "bench_pretrain_step.py"), "--small", "--steps", "1", "--batch", "2", "--seconds", "1"],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "device: CPU" in result.stdout
-    for phase in (
-        "feature extractor",
-        "student",
-        "teacher",
-        "codebook assign",
-        "backward",
-        "optimizer",
-        "EMA",
-    ):
+    for phase in ("feature extractor", "student", "teacher", "codebook assign", "backward", "optimizer", "EMA"):
         assert phase in result.stdout
 
 
@@ -183,11 +144,7 @@ def test_model_config_resolves_names_files_and_directories(tmp_path):
     from spidr_hf.training import load_pretraining_model
 
     tiny = load_pretraining_model("tiny", "freeze_feature_encoder_step=5,ema_timescale=100.0")
-    assert (tiny.config.hidden_size, tiny.config.freeze_feature_encoder_step, tiny.config.ema_timescale) == (
-        128,
-        5,
-        100.0,
-    )
+    assert (tiny.config.hidden_size, tiny.config.freeze_feature_encoder_step, tiny.config.ema_timescale) == (128, 5, 100.0)
     tiny.config.to_json_file(tmp_path / "config.json")
     assert load_pretraining_model(str(tmp_path / "config.json")).config.freeze_feature_encoder_step == 5
 

@@ -41,9 +41,7 @@ class GradientRecorder(TrainerCallback):
         self.steps: list[dict[str, torch.Tensor]] = []
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.steps.append(
-            {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-        )
+        self.steps.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
 
 
 class StateRecorder(TrainerCallback):
@@ -110,13 +108,7 @@ def test_tri_stage_schedule_matches_its_formula():
 def test_trainer_follows_the_tri_stage_learning_rate(tmp_path):
     data = write_speechlike_corpus(tmp_path / "data", 4)[0].parent
     trainer = run_pretraining(
-        data,
-        tmp_path / "run",
-        max_steps=8,
-        learning_rate=1e-3,
-        lr_warmup_steps=3,
-        lr_hold_steps=2,
-        lr_decay_steps=2,
+        data, tmp_path / "run", max_steps=8, learning_rate=1e-3, lr_warmup_steps=3, lr_hold_steps=2, lr_decay_steps=2
     )
     logged = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
     schedule = TriStageSchedule(warmup_steps=3, hold_steps=2, decay_steps=2)
@@ -135,14 +127,7 @@ def test_spidr_ema_decay_matches_its_formula(step):
 
 @pytest.mark.parametrize(
     ("step", "expected"),
-    [
-        (0, 0.999),
-        (15_000, 0.999 + 0.0009 * 0.5),
-        (30_000, 0.9999),
-        (150_000, 0.9999),
-        (200_000, 1.0),
-        (300_000, 1.0),
-    ],
+    [(0, 0.999), (15_000, 0.999 + 0.0009 * 0.5), (30_000, 0.9999), (150_000, 0.9999), (200_000, 1.0), (300_000, 1.0)],
 )
 def test_dinosr_ema_decay_matches_its_formula(step, expected):
     model = micro_model(ema_schedule="dinosr", head_input="last_hidden_state")
@@ -160,16 +145,12 @@ def test_one_optimizer_step_reproduces_the_reference(converted_dir, expected, tm
 
     model = SpidRForPreTraining.from_pretrained(converted_dir, codebook_backend="torch")
     teacher_before = {n: p.detach().clone() for n, p in model.teacher.named_parameters()}
-    student_before = {
-        n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("teacher.")
-    }
+    student_before = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("teacher.")}
     grads = GradientRecorder()
     args = _arguments(
         tmp_path, max_steps=1, max_samples=waves.shape[1], per_device_max_batch_samples=2 * waves.shape[1]
     )
-    trainer = SpidRPretrainer(
-        model, args, train_dataset=str(data), data_collator=reference_batch, callbacks=[grads]
-    )
+    trainer = SpidRPretrainer(model, args, train_dataset=str(data), data_collator=reference_batch, callbacks=[grads])
     trainer.train()
 
     # the loss of the step is the mean of the reference's per-frame losses
@@ -200,12 +181,8 @@ def test_one_optimizer_step_reproduces_the_reference(converted_dir, expected, tm
 
     # codebooks: the reference's update after this batch
     for i in range(model.config.num_codebooks):
-        torch.testing.assert_close(
-            model.codebook_sums[i], expected[f"pretrain.updated_codebook{i + 1}"], atol=1e-5, rtol=0
-        )
-        torch.testing.assert_close(
-            model.codebook_counts[i], expected[f"pretrain.updated_counts{i + 1}"], atol=1e-5, rtol=0
-        )
+        torch.testing.assert_close(model.codebook_sums[i], expected[f"pretrain.updated_codebook{i + 1}"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.codebook_counts[i], expected[f"pretrain.updated_counts{i + 1}"], atol=1e-5, rtol=0)
 
     # teacher: one EMA step t + (1 - d)(s - t) with d = d(1) (after the first optimizer step),
     # the positional convolution copied
@@ -226,8 +203,7 @@ class FixedMaskCollator:
 
     def __init__(self, num_utterances: int, frames: int) -> None:
         self.masks = [
-            compute_span_mask((1, frames), generator=torch.Generator().manual_seed(i))[0]
-            for i in range(num_utterances)
+            compute_span_mask((1, frames), generator=torch.Generator().manual_seed(i))[0] for i in range(num_utterances)
         ]
 
     def __call__(self, items):
@@ -285,13 +261,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     def run(name, **kwargs):
         trainer = BatchRecorder(
             micro_model(feat_proj_dropout=0.1, hidden_dropout=0.1),  # dropout: the RNG state must resume too
-            _arguments(
-                tmp_path / name,
-                max_steps=6,
-                save_steps=3,
-                max_samples=16_000,
-                per_device_max_batch_samples=40_000,
-            ),
+            _arguments(tmp_path / name, max_steps=6, save_steps=3, max_samples=16_000, per_device_max_batch_samples=40_000),
             train_dataset=str(data),
         )
         trainer.train(**kwargs)
@@ -397,9 +367,7 @@ def test_optimizer_excludes_the_teacher_and_freezes_the_feature_encoder(tmp_path
     assert groups["feature_encoder"] == {id(p) for p in feature_encoder_parameters(model)}
     assert all(g["weight_decay"] == 0.01 for g in trainer.optimizer.param_groups)
 
-    encoder_keys = [
-        k for k in states.steps[0] if k.startswith(("spidr.feature_extractor.", "spidr.feature_projection."))
-    ]
+    encoder_keys = [k for k in states.steps[0] if k.startswith(("spidr.feature_extractor.", "spidr.feature_projection."))]
     moved = [any(not torch.equal(a[k], b[k]) for k in encoder_keys) for a, b in pairwise(states.steps)]
     assert moved == [True, False, False]  # trained for steps 1-2, frozen from step 3 on
     assert not any(p.requires_grad for p in feature_encoder_parameters(model))

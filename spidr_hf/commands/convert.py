@@ -10,16 +10,10 @@ DESCRIPTION = "convert a reference SpidR/DinoSR checkpoint (.pt) into a transfor
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="spidr-hf convert", description=DESCRIPTION)
-    parser.add_argument(
-        "src", help="reference checkpoint (.pt): a state dict, {'model': ...}, a training or DDP checkpoint"
-    )
+    parser.add_argument("src", help="reference checkpoint (.pt): a state dict, {'model': ...}, a training or DDP checkpoint")
     parser.add_argument("out", help="output directory")
-    parser.add_argument(
-        "--config", help="the reference config.json (default: config.json next to SRC, if any)"
-    )
-    parser.add_argument(
-        "--model-type", choices=["spidr", "dinosr"], default="spidr", help="which recipe trained it"
-    )
+    parser.add_argument("--config", help="the reference config.json (default: config.json next to SRC, if any)")
+    parser.add_argument("--model-type", choices=["spidr", "dinosr"], default="spidr", help="which recipe trained it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 

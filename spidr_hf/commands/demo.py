@@ -17,11 +17,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--minutes", type=float, default=defaults.minutes, help="minutes of synthetic speech")
     parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="pretraining steps")
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument(
-        "--unit-layer",
-        type=int,
-        help="1-based layer whose head gives the units (default: first codebook layer)",
-    )
+    parser.add_argument("--unit-layer", type=int, help="1-based layer whose head gives the units (default: first codebook layer)")
     parser.add_argument("--smoke", action="store_true", help="a quick end-to-end check: 0.5 minutes, 4 steps")
     args = parser.parse_args(argv)
     if args.smoke:

@@ -26,14 +26,9 @@ def main(argv: list[str]) -> int:
     if any(flag in argv for flag in ("-h", "--help")):
         print(f"spidr-hf pretrain: {DESCRIPTION}\n\n{__doc__.split(chr(10), 2)[2]}")
     args = parse_pretraining_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.should_log else logging.WARNING, format="%(levelname)s %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING, format="%(levelname)s %(message)s")
     if args.train_data is None:
-        print(
-            "spidr-hf pretrain: error: --train_data (a folder or manifest of audio) is required.",
-            file=sys.stderr,
-        )
+        print("spidr-hf pretrain: error: --train_data (a folder or manifest of audio) is required.", file=sys.stderr)
         return 2
 
     from transformers import set_seed
@@ -45,7 +40,5 @@ def main(argv: list[str]) -> int:
     trainer.train(resume_from_checkpoint=True if resume in _LAST_CHECKPOINT else resume)
     out = trainer.save_pretrained_model()
     if args.should_log:
-        print(
-            f"Wrote {out}: model.safetensors, config.json, preprocessor_config.json, README.md, remote code."
-        )
+        print(f"Wrote {out}: model.safetensors, config.json, preprocessor_config.json, README.md, remote code.")
     return 0
