@@ -10,7 +10,9 @@
 #   6. benchmarks/bench_pretrain_step.py: one base pretraining step, eager and compiled, by phase
 # Each step has its own time limit and log ($OUT/NAME.log, or ./gpu-logs); a failed step does not
 # stop the next. SMOKE=1 runs the same steps at toy sizes on a CPU, to test this script; STEPS="pytest
-# inference" runs only those steps (install always runs).
+# inference" runs only those steps (install always runs). The parity tests read the reference
+# fixtures from $SPIDR_FIXTURES (default ./.fixtures: copy ../shared/fixtures there, as ../shared
+# does not travel to a lent machine) and skip without them.
 #   bash benchmarks/gpu_session.sh                 # on the GPU machine, from the repo root
 #   SMOKE=1 bash benchmarks/gpu_session.sh         # anywhere, a few minutes
 set -u
