@@ -636,13 +636,18 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 """Compute dtypes by their command-line names."""
 
 
-def load_model(model_dir: str | os.PathLike, options: ExtractionOptions) -> torch.nn.Module:
-    """The encoder (features, k-means) or the pretraining model (head and codeword units), in eval mode."""
-    device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cls = SpidRForPreTraining if options.units in ("head", "codeword") else SpidRModel
+def load_model(
+    model_dir: str | os.PathLike, device: str | None = None, dtype: str = "fp32", pretraining: bool = False
+) -> torch.nn.Module:
+    """The encoder, or with ``pretraining`` the pretraining model (heads, codebooks), in eval mode.
+
+    ``device`` defaults to CUDA when available; only the encoder runs in ``dtype``: heads and
+    codebooks are tiny, and bf16 codewords would move units.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cls = SpidRForPreTraining if pretraining else SpidRModel
     model = cls.from_pretrained(model_dir, dtype=torch.float32)
-    # only the encoder runs in --dtype: heads and codebooks are tiny, and bf16 codewords would move units
-    encoder_of(model).to(DTYPES[options.dtype])
+    encoder_of(model).to(DTYPES[dtype])
     return model.to(device).eval()
 
 
@@ -739,7 +744,8 @@ def extract(
     """Extract features or units of ``inputs`` into ``options.output_dir`` (module docstring)."""
     started = time.perf_counter()
     out = Path(options.output_dir)
-    model = model if model is not None else load_model(model_dir, options)
+    if model is None:  # head and codeword units need the pretraining model's heads and codebooks
+        model = load_model(model_dir, options.device, options.dtype, options.units in ("head", "codeword"))
     units = None
     if options.units:
         quantizer = None

@@ -45,18 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    import torch
 
-    from spidr_hf.extract import collect_inputs, sample_frames
-    from spidr_hf.modeling import SpidRModel
+    from spidr_hf.extract import collect_inputs, load_model, sample_frames
     from spidr_hf.units import KMeansQuantizer
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
-        model = SpidRModel.from_pretrained(args.model_dir, dtype=torch.float32).to(device).eval()
+        model = load_model(args.model_dir, args.device)
         frames = sample_frames(model, collect_inputs(args.inputs, args.audio_column), args.layer,
                                args.representation, max_frames=args.max_frames, seed=args.seed)  # fmt: skip
-        quantizer = KMeansQuantizer.fit(frames.to(device), args.clusters, args.layer, args.representation,
+        quantizer = KMeansQuantizer.fit(frames.to(model.device), args.clusters, args.layer, args.representation,
                                         max_iter=args.max_iter, seed=args.seed)  # fmt: skip
     except (FileNotFoundError, ValueError) as err:
         print(f"spidr-hf fit-kmeans: error: {err}", file=sys.stderr)
