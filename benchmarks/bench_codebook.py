@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         device, shape = torch.device("cuda"), tuple(args.shape or TRAINING_SHAPE)
         torch.backends.cuda.matmul.allow_tf32 = True  # the reference may use TF32, as training does
         torch.backends.cudnn.allow_tf32 = True
-    from spidr_hf.kernels.codebook_assign import resolve_precision
+    from spidr_hf.modeling.codebook_assign import resolve_precision
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU, Triton interpreter"
     tf32 = "TF32 allowed in torch matmuls" if device.type == "cuda" else "no TF32 on CPU"

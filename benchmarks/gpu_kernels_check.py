@@ -69,8 +69,9 @@ def exact_fp32(fn):
 
 
 def check_labels_rule(report: Report, shape, device) -> None:
+    from spidr_hf.modeling.codebook_assign import resolve_precision
+
     from spidr_hf.kernels import codebook_assign
-    from spidr_hf.kernels.codebook_assign import resolve_precision
 
     auto = resolve_precision("auto", device)
     for kind in ("gaussian", "offset"):
@@ -90,8 +91,9 @@ def check_labels_rule(report: Report, shape, device) -> None:
 
 
 def check_statistics(report: Report, shape, device) -> None:
+    from spidr_hf.modeling.codebook_assign import reference_codebook_assign
+
     from spidr_hf.kernels import codebook_assign
-    from spidr_hf.kernels.codebook_assign import reference_codebook_assign
 
     num_books, _, num_codewords, dim = shape
     x, codewords = make_data("gaussian", shape, device, seed=1)
@@ -147,7 +149,7 @@ def check_head_loss(report: Report, shape, device) -> None:
 
 def sweep_configs(report: Report, shape, device) -> None:
     """Time a few block configurations of the hard assignment kernel (informational)."""
-    from spidr_hf.kernels.codebook_assign import AssignConfig, resolve_precision, triton_codebook_assign
+    from spidr_hf.modeling.codebook_assign import AssignConfig, resolve_precision, triton_codebook_assign
 
     x, codewords = make_data("gaussian", shape, device, seed=3)
     precision = resolve_precision("auto", device)

@@ -1,11 +1,33 @@
-"""What a SpidR model is: configuration, encoder, pretraining model and feature extractor."""
+"""What a SpidR model is: configuration and frame geometry, encoder, pretraining model, feature
+extractor and the fused codebook kernels.
 
-from .configuration_spidr import SpidRConfig
-from .feature_extraction_spidr import SpidRFeatureExtractor
+Every file here imports only torch, transformers, Triton (guarded) and its siblings, so that the
+folder ships as remote code with every saved model (``spidr_hf.convert.save_pretrained_with_code``).
+"""
+
+if __name__ != "spidr_hf.modeling":  # the folder installs as spidr_hf.modeling; a second copy would split classes
+    raise ImportError(
+        f"modeling/ is the package spidr_hf.modeling, not {__name__!r}: install the repository "
+        "(pip install -e .) and import spidr_hf.modeling."
+    )
+
+from .codebook_assign import CodebookAssignment, codebook_assign
+from .codebook_head_loss import codebook_head_loss
+from .configuration_spidr import SAMPLING_RATE, FrameGeometry, SpidRConfig, num_frames
+from .feature_extraction_spidr import SpidRFeatureExtractor, standardize
 from .modeling_spidr import SpidREncoder, SpidRModel, SpidRModelOutput, SpidRPreTrainedModel
-from .modeling_spidr_pretraining import SpidRForPreTraining, SpidRForPreTrainingOutput
+from .modeling_spidr_pretraining import (
+    PADDING_UNIT,
+    SpidRForPreTraining,
+    SpidRForPreTrainingOutput,
+    masked_instance_norm,
+)
 
 __all__ = [
+    "PADDING_UNIT",
+    "SAMPLING_RATE",
+    "CodebookAssignment",
+    "FrameGeometry",
     "SpidRConfig",
     "SpidREncoder",
     "SpidRFeatureExtractor",
@@ -14,4 +36,9 @@ __all__ = [
     "SpidRModel",
     "SpidRModelOutput",
     "SpidRPreTrainedModel",
+    "codebook_assign",
+    "codebook_head_loss",
+    "masked_instance_norm",
+    "num_frames",
+    "standardize",
 ]

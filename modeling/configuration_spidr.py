@@ -1,11 +1,93 @@
-"""Configuration of SpidR models (arXiv 2512.20308)."""
+"""Configuration of SpidR models (arXiv 2512.20308), and where their frames fall in the audio.
+
+Every number of the architecture lives here: the other layers of the package (audio I/O, data,
+training, extraction, the synthetic corpus) take the sampling rate and the frame geometry from
+this file, which imports nothing but transformers.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from transformers import PretrainedConfig
+
+SAMPLING_RATE = 16_000
+"""The rate of the audio every SpidR model reads."""
 
 # The reference recipe's feature extractor: (channels, kernel, stride) per conv layer.
 _DEFAULT_CONV = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+DEFAULT_CONV_KERNEL: tuple[int, ...] = tuple(k for _, k, _ in _DEFAULT_CONV)
+DEFAULT_CONV_STRIDE: tuple[int, ...] = tuple(s for _, _, s in _DEFAULT_CONV)
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """Where the frames of a waveform convolution stack fall in the audio.
+
+    Each unpadded convolution maps `L` inputs to `floor((L - kernel) / stride) + 1` outputs, so
+    frame `t` reads samples `[hop * t, hop * t + receptive_field)`. The default stack gives 20 ms
+    frames (hop 320, receptive field 400 samples at 16 kHz); `SpidRConfig.frame_geometry` gives a
+    model's own.
+    """
+
+    conv_kernel: tuple[int, ...] = DEFAULT_CONV_KERNEL
+    conv_stride: tuple[int, ...] = DEFAULT_CONV_STRIDE
+    sampling_rate: int = SAMPLING_RATE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "conv_kernel", tuple(int(k) for k in self.conv_kernel))
+        object.__setattr__(self, "conv_stride", tuple(int(s) for s in self.conv_stride))
+        if len(self.conv_kernel) != len(self.conv_stride):
+            raise ValueError(
+                f"conv_kernel and conv_stride need one entry per conv layer, got {len(self.conv_kernel)} "
+                f"and {len(self.conv_stride)}."
+            )
+
+    @property
+    def hop(self) -> int:
+        """Samples between consecutive frames (the product of the strides)."""
+        hop = 1
+        for stride in self.conv_stride:
+            hop *= stride
+        return hop
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples one frame reads."""
+        field = 1
+        for kernel, stride in zip(reversed(self.conv_kernel), reversed(self.conv_stride), strict=True):
+            field = (field - 1) * stride + kernel
+        return field
+
+    @property
+    def frame_rate(self) -> int | float:
+        """Frames per second (an int when whole, as 50 for the default stack)."""
+        rate = self.sampling_rate / self.hop
+        return int(rate) if rate.is_integer() else rate
+
+    def num_frames(self, num_samples):
+        """Frames computed from `num_samples` samples (an int, or an integer tensor of lengths); 0 when too short."""
+        for kernel, stride in zip(self.conv_kernel, self.conv_stride, strict=True):
+            num_samples = (num_samples - kernel) // stride + 1
+        return num_samples.clamp_min(0) if hasattr(num_samples, "clamp_min") else max(int(num_samples), 0)
+
+    def frame_samples(self, start: int, stop: int) -> tuple[int, int]:
+        """The samples `[first, last)` that frames `[start, stop)` read (stop > start)."""
+        return self.hop * start, self.hop * (stop - 1) + self.receptive_field
+
+    def seconds_to_frames(self, seconds: float) -> int:
+        """The whole number of frames nearest to `seconds`."""
+        return round(seconds * self.frame_rate)
+
+
+def num_frames(
+    num_samples: int,
+    conv_kernel: Sequence[int] = DEFAULT_CONV_KERNEL,
+    conv_stride: Sequence[int] = DEFAULT_CONV_STRIDE,
+) -> int:
+    """Frames of the convolution stack `(conv_kernel, conv_stride)` (default: SpidR's) for `num_samples` samples."""
+    return FrameGeometry(tuple(conv_kernel), tuple(conv_stride)).num_frames(int(num_samples))
 
 
 class SpidRConfig(PretrainedConfig):
@@ -57,8 +139,8 @@ class SpidRConfig(PretrainedConfig):
     def __init__(
         self,
         conv_dim: list[int] | tuple[int, ...] = tuple(c for c, _, _ in _DEFAULT_CONV),
-        conv_kernel: list[int] | tuple[int, ...] = tuple(k for _, k, _ in _DEFAULT_CONV),
-        conv_stride: list[int] | tuple[int, ...] = tuple(s for _, _, s in _DEFAULT_CONV),
+        conv_kernel: list[int] | tuple[int, ...] = DEFAULT_CONV_KERNEL,
+        conv_stride: list[int] | tuple[int, ...] = DEFAULT_CONV_STRIDE,
         conv_bias: bool = False,
         feat_extract_norm: str = "layer_norm",
         hidden_size: int = 768,
@@ -170,21 +252,37 @@ class SpidRConfig(PretrainedConfig):
         """1-based encoder layers whose outputs feed the codebooks (the last `num_codebooks`)."""
         return list(range(self.num_hidden_layers - self.num_codebooks + 1, self.num_hidden_layers + 1))
 
+    def codebook_index(self, layer: int) -> int:
+        """Index of the codebook (and prediction head) that 1-based `layer` feeds."""
+        layers = self.codebook_layers
+        if layer not in layers:
+            raise ValueError(
+                f"layer {layer} has no codebook or prediction head; this model's codebook layers are {layers}."
+            )
+        return layers.index(layer)
+
+    def head_input_of(self, layer: int) -> tuple[int, str]:
+        """`(layer, representation)` read by the head of codebook layer `layer`: its own before-residual
+        output (SpidR), or the last layer's output, `"hidden_state"` (DinoSR)."""
+        self.codebook_index(layer)
+        if self.head_input == "before_residual":
+            return layer, "before_residual"
+        return self.num_hidden_layers, "hidden_state"
+
+    @property
+    def frame_geometry(self) -> FrameGeometry:
+        """Where this model's frames fall in the audio (its conv kernels and strides at 16 kHz)."""
+        return FrameGeometry(tuple(self.conv_kernel), tuple(self.conv_stride))
+
     @property
     def inputs_to_logits_ratio(self) -> int:
         """Samples per output frame (320 for the default feature extractor)."""
-        ratio = 1
-        for stride in self.conv_stride:
-            ratio *= stride
-        return ratio
+        return self.frame_geometry.hop
 
     @property
     def receptive_field(self) -> int:
         """Samples seen by one output frame (400 for the default feature extractor)."""
-        field = 1
-        for kernel, stride in zip(reversed(self.conv_kernel), reversed(self.conv_stride), strict=True):
-            field = (field - 1) * stride + kernel
-        return field
+        return self.frame_geometry.receptive_field
 
     @classmethod
     def tiny(cls, **kwargs) -> SpidRConfig:
@@ -207,4 +305,4 @@ class SpidRConfig(PretrainedConfig):
         return cls(**defaults)
 
 
-__all__ = ["SpidRConfig"]
+__all__ = ["DEFAULT_CONV_KERNEL", "DEFAULT_CONV_STRIDE", "SAMPLING_RATE", "FrameGeometry", "SpidRConfig", "num_frames"]

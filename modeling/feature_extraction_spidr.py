@@ -8,6 +8,8 @@ import numpy as np
 from transformers import BatchFeature, SequenceFeatureExtractor
 from transformers.utils import logging
 
+from .configuration_spidr import SAMPLING_RATE, FrameGeometry
+
 logger = logging.get_logger(__name__)
 
 # Largest channel count we recognise in a channels-last (samples, channels) array.
@@ -41,11 +43,11 @@ class SpidRFeatureExtractor(SequenceFeatureExtractor):
     def __init__(
         self,
         feature_size: int = 1,
-        sampling_rate: int = 16000,
+        sampling_rate: int = SAMPLING_RATE,
         padding_value: float = 0.0,
         do_normalize: bool = True,
         return_attention_mask: bool = True,
-        min_samples: int = 400,
+        min_samples: int = FrameGeometry().receptive_field,
         **kwargs,
     ):
         super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)

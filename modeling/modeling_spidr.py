@@ -452,9 +452,7 @@ class SpidRPreTrainedModel(PreTrainedModel):
 
     def _get_feat_extract_output_lengths(self, input_lengths: torch.Tensor | int) -> torch.Tensor | int:
         """Frames produced by the feature extractor for `input_lengths` samples."""
-        for kernel, stride in zip(self.config.conv_kernel, self.config.conv_stride, strict=True):
-            input_lengths = (input_lengths - kernel) // stride + 1
-        return input_lengths
+        return self.config.frame_geometry.num_frames(input_lengths)
 
     def _get_feature_vector_attention_mask(
         self, num_frames: int, attention_mask: torch.Tensor

@@ -12,11 +12,15 @@ from torch import nn
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from ..kernels import codebook_assign, codebook_head_loss
+from .codebook_assign import codebook_assign
+from .codebook_head_loss import codebook_head_loss
 from .configuration_spidr import SpidRConfig
 from .modeling_spidr import SpidREncoder, SpidRModel, SpidRPreTrainedModel
 
 _INSTANCE_NORM_EPS = 1e-5
+
+PADDING_UNIT = -1
+"""The unit of padded frames in `(batch, frames)` unit tensors."""
 
 
 @dataclass
@@ -174,7 +178,7 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
         teacher = self.teacher(features, frame_mask, output_before_residual=True)
         targets = []
         for layer in self.config.codebook_layers:
-            normed = _masked_instance_norm(teacher.before_residual_states[layer - 1].float(), frame_mask)
+            normed = masked_instance_norm(teacher.before_residual_states[layer - 1].float(), frame_mask)
             targets.append(normed[mask])
         return torch.stack(targets)
 
@@ -275,19 +279,36 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
         }
 
 
+    @torch.no_grad()
+    def head_units(self, features: torch.Tensor, layer: int) -> torch.Tensor:
+        """Argmax of the head of codebook layer `layer` on the features it reads (`config.head_input_of(layer)`).
+
+        `features` have any leading shape and `hidden_size` last; the result has the leading shape.
+        """
+        head = self.heads[self.config.codebook_index(layer)]
+        return head(features.to(head.weight.dtype)).argmax(-1)
+
+    @torch.no_grad()
     def predict_units(
         self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None, *, layer: int
     ) -> torch.Tensor:
-        """Discrete units `(batch, frames)`: the argmax of the head of 1-based `layer`, -1 on padded frames.
+        """Discrete units `(batch, frames)` int64: the argmax of the head of 1-based `layer`, -1 on padded frames.
 
         Layer 6 gives the paper's best SpidR units. See `spidr_hf.units` for codeword and k-means units.
         """
-        from ..units import predict_units
+        feature_layer, representation = self.config.head_input_of(layer)  # fails before running the model
+        before_residual = representation == "before_residual"
+        out = self.spidr(input_values, attention_mask=attention_mask, output_hidden_states=before_residual)
+        features = out.before_residual_states[feature_layer - 1] if before_residual else out.last_hidden_state
+        frame_mask = out.frame_attention_mask
+        if frame_mask is None:
+            frame_mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+        units = torch.full(frame_mask.shape, PADDING_UNIT, dtype=torch.int64, device=frame_mask.device)
+        units[frame_mask] = self.head_units(features[frame_mask], layer).to(units.device)
+        return units
 
-        return predict_units(self, input_values, attention_mask, layer=layer)
 
-
-def _masked_instance_norm(x: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+def masked_instance_norm(x: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
     """Normalise (batch, frames, channels) to zero mean, unit variance over valid frames, per utterance and channel."""
     if frame_mask is None:
         return F.instance_norm(x.transpose(1, 2), eps=_INSTANCE_NORM_EPS).transpose(1, 2)
@@ -311,4 +332,4 @@ def _initial_codebooks(config: SpidRConfig) -> torch.Tensor:
     return sums.transpose(1, 2).contiguous()
 
 
-__all__ = ["SpidRForPreTraining", "SpidRForPreTrainingOutput"]
+__all__ = ["PADDING_UNIT", "SpidRForPreTraining", "SpidRForPreTrainingOutput", "masked_instance_norm"]

@@ -5,26 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from . import modeling
-from .modeling import SpidRConfig, SpidRFeatureExtractor, SpidRForPreTraining
+from .model_dir import save_pretrained_with_code, write_model_card
+from .modeling import SpidRConfig, SpidRForPreTraining
 
 logger = logging.getLogger(__name__)
 
 MODEL_TYPES = ("spidr", "dinosr")
-
-# Files that let `trust_remote_code=True` load the encoder and feature extractor without this package.
-REMOTE_CODE_FILES = ("configuration_spidr.py", "modeling_spidr.py", "feature_extraction_spidr.py")
-AUTO_MAP = {
-    "AutoConfig": "configuration_spidr.SpidRConfig",
-    "AutoModel": "modeling_spidr.SpidRModel",
-    "AutoFeatureExtractor": "feature_extraction_spidr.SpidRFeatureExtractor",
-}
 
 # reference config field -> SpidRConfig field
 _CONFIG_FIELDS = {
@@ -235,8 +226,6 @@ def convert_checkpoint(
 ) -> Path:
     """Convert a reference checkpoint into a transformers directory (config, safetensors, preprocessor,
     model card and remote code). The reference `config.json` beside `src` is used when present."""
-    from .model_card import write_model_card
-
     src, out_dir = Path(src), Path(out_dir)
     state = load_reference_state_dict(src)
     if config_path is None and (src.parent / "config.json").is_file():
@@ -251,19 +240,3 @@ def convert_checkpoint(
         origin=f"Converted from the reference checkpoint `{src.name}` ({model_type}) with `spidr-hf convert`.",
     )
     return out_dir
-
-
-def save_pretrained_with_code(model: SpidRForPreTraining, out_dir: str | Path) -> None:
-    """`save_pretrained` (safetensors) plus the feature extractor and the remote-code files."""
-    out_dir = Path(out_dir)
-    model.config.auto_map = dict(AUTO_MAP)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    SpidRFeatureExtractor().save_pretrained(out_dir)
-    code_dir = Path(modeling.__file__).resolve().parent
-    for name in REMOTE_CODE_FILES:
-        shutil.copyfile(code_dir / name, out_dir / name)
-    # the feature extractor's own auto_map, so AutoFeatureExtractor finds its class remotely too
-    preprocessor = out_dir / "preprocessor_config.json"
-    data = json.loads(preprocessor.read_text())
-    data["auto_map"] = {"AutoFeatureExtractor": AUTO_MAP["AutoFeatureExtractor"]}
-    preprocessor.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -39,7 +39,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     """Run the whole demo; returns (and writes) the results."""
     from transformers import set_seed
 
-    from spidr_hf.convert import save_pretrained_with_code
+    from spidr_hf.model_dir import save_pretrained_with_code
     from spidr_hf.synth import synthesize_corpus
     from spidr_hf.training import SpidRPretrainer, load_pretraining_model, parse_pretraining_args
 

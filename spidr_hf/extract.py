@@ -105,11 +105,9 @@ from .audio import (
 from .modeling import SpidRForPreTraining, SpidRModel
 from .units import (
     KMeansQuantizer,
-    codebook_index,
     codeword_units_from_features,
     encoder_of,
     frame_mask_of,
-    head_input_representation,
     head_units_from_features,
     resolve_layer,
     select_layer,
@@ -444,13 +442,10 @@ class UnitComputer:
             raise ValueError(
                 f"{kind} units need a layer; this model's codebook layers are {config.codebook_layers}."
             )
-        codebook_index(config, layer)
+        config.codebook_index(layer)
         self.layer = layer
-        if kind == "codeword":
-            self.key = (layer, "before_residual")
-        else:  # DinoSR heads read the last layer's output, SpidR's their own layer's before-residual output
-            head_layer = layer if config.head_input == "before_residual" else config.num_hidden_layers
-            self.key = (head_layer, head_input_representation(config))
+        # codeword units read the layer's before-residual output; heads read config.head_input_of(layer)
+        self.key = (layer, "before_residual") if kind == "codeword" else config.head_input_of(layer)
 
     @torch.no_grad()
     def __call__(self, frames: dict[FrameKey, torch.Tensor]) -> torch.Tensor:

@@ -40,13 +40,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .kernels import codebook_assign
-from .modeling.modeling_spidr_pretraining import _masked_instance_norm
+from .modeling import PADDING_UNIT, codebook_assign, masked_instance_norm
 
 REPRESENTATIONS = ("hidden_state", "before_residual")
 """``hidden_state``: a layer's post-LayerNorm output; ``before_residual``: its FFN output before the residual add."""
-
-PADDING_UNIT = -1
 
 
 # --------------------------------------------------------------------------- representations
@@ -111,48 +108,23 @@ def _scatter_units(labels: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tens
 
 
 # --------------------------------------------------------------------------- head units
-def codebook_index(config: Any, layer: int) -> int:
-    """Index of the codebook / head fed by 1-based ``layer``."""
-    layers = list(config.codebook_layers)
-    if layer not in layers:
-        raise ValueError(
-            f"layer {layer} has no codebook or prediction head; this model's codebook layers are {layers}."
-        )
-    return layers.index(layer)
-
-
-def head_input_representation(config: Any) -> str:
-    """The representation SpidR's heads read (before-residual), or DinoSR's (the last layer's output)."""
-    return "before_residual" if config.head_input == "before_residual" else "hidden_state"
-
-
-@torch.no_grad()
 def head_units_from_features(model: nn.Module, features: torch.Tensor, layer: int) -> torch.Tensor:
     """Argmax of the head of ``layer`` on features it reads (any leading shape, last axis hidden)."""
-    head = model.heads[codebook_index(model.config, layer)]
-    return head(features.to(head.weight.dtype)).argmax(-1)
+    return model.head_units(features, layer)
 
 
-@torch.no_grad()
 def predict_units(
     model: nn.Module, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None, *, layer: int
 ) -> torch.Tensor:
     """Head units: ``(batch, frames)`` int64, the argmax of the head of 1-based ``layer``, -1 on padding.
 
     Args:
-        model: a ``SpidRForPreTraining`` (it holds the heads).
+        model: a ``SpidRForPreTraining`` (it holds the heads; this is its ``predict_units``).
         input_values: standardised 16 kHz audio ``(batch, samples)`` (``SpidRFeatureExtractor`` output).
         attention_mask: 1 on real samples, 0 on padding.
         layer: a layer in ``model.config.codebook_layers``.
     """
-    config = model.config
-    codebook_index(config, layer)  # fail before running the model
-    # DinoSR heads all read the last layer's output, SpidR's the before-residual output of their own layer
-    feature_layer = layer if config.head_input == "before_residual" else config.num_hidden_layers
-    features, frame_mask = layer_features(
-        model, input_values, attention_mask, feature_layer, head_input_representation(config)
-    )
-    return _scatter_units(head_units_from_features(model, features[frame_mask], layer), frame_mask)
+    return model.predict_units(input_values, attention_mask, layer=layer)
 
 
 # --------------------------------------------------------------------------- codeword units
@@ -165,10 +137,10 @@ def codeword_units_from_features(
     The features are instance-normalised over each utterance's real frames (as the teacher
     targets are) and assigned to the nearest codeword mean of codebook ``layer``.
     """
-    index = codebook_index(model.config, layer)
+    index = model.config.codebook_index(layer)
     if frame_mask is None:
         frame_mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
-    normed = _masked_instance_norm(features.float(), frame_mask)
+    normed = masked_instance_norm(features.float(), frame_mask)
     codewords = model.codewords[index].float().to(features.device)
     labels = codebook_assign(
         normed[frame_mask][None], codewords[None], backend=model.config.codebook_backend
@@ -181,7 +153,7 @@ def codeword_units(
     model: nn.Module, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None, *, layer: int
 ) -> torch.Tensor:
     """Codeword units ``(batch, frames)`` int64 of codebook ``layer`` for a ``SpidRForPreTraining``; -1 on padding."""
-    codebook_index(model.config, layer)
+    model.config.codebook_index(layer)
     features, frame_mask = layer_features(model, input_values, attention_mask, layer, "before_residual")
     return codeword_units_from_features(model, features, layer, frame_mask)
 

@@ -22,16 +22,17 @@ HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from spidr_hf.kernels import (  # noqa: E402
-    CodebookAssignment,
-    _dispatch,
-    codebook_assign,
-    codebook_head_loss,
-)
-from spidr_hf.kernels.codebook_assign import (  # noqa: E402
+from spidr_hf.modeling import kernel_dispatch as _dispatch  # noqa: E402
+from spidr_hf.modeling.codebook_assign import (  # noqa: E402
     AssignConfig,
     reference_codebook_assign,
     triton_codebook_assign,
+)
+
+from spidr_hf.kernels import (  # noqa: E402
+    CodebookAssignment,
+    codebook_assign,
+    codebook_head_loss,
 )
 
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")

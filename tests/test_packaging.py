@@ -69,3 +69,41 @@ def test_console_script_lists_commands():
     assert result.returncode == 0, result.stderr
     for name in COMMANDS:
         assert name in result.stdout
+
+
+def test_remote_code_loads_the_pretraining_model_and_its_kernels(tmp_path):
+    """modeling/ ships with everything it imports: the pretraining model runs from a saved directory alone."""
+    import torch
+    from pretrain_worker import micro_model
+    from spidr_hf.training import compute_span_mask
+
+    from spidr_hf.model_dir import save_pretrained_with_code
+
+    model = micro_model(seed=0).eval()
+    save_pretrained_with_code(model, tmp_path / "model")
+    names = {p.name for p in (tmp_path / "model").iterdir()}
+    assert {"modeling_spidr_pretraining.py", "codebook_assign.py", "codebook_head_loss.py", "kernel_dispatch.py"} <= names
+    waves = torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))
+    mask = compute_span_mask((2, model._get_feat_extract_output_lengths(8000)), generator=torch.Generator().manual_seed(0))
+    torch.save({"waves": waves, "mask": mask}, tmp_path / "inputs.pt")
+    with torch.no_grad():
+        loss = model(input_values=waves, mask_time_indices=mask).loss
+    units = model.predict_units(waves, layer=model.config.codebook_layers[0])
+    code = f"""
+import sys
+sys.modules["spidr_hf"] = None  # any import of the package now fails
+import torch
+from transformers import AutoModelForPreTraining
+model = AutoModelForPreTraining.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+assert not type(model).__module__.startswith("spidr_hf"), type(model).__module__
+inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+with torch.no_grad():
+    loss = model(input_values=inputs["waves"], mask_time_indices=inputs["mask"]).loss
+units = model.predict_units(inputs["waves"], layer=model.config.codebook_layers[0])
+torch.save({{"loss": loss, "units": units}}, {str(tmp_path / "out.pt")!r})
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = torch.load(tmp_path / "out.pt")
+    torch.testing.assert_close(out["loss"], loss)
+    assert torch.equal(out["units"], units)

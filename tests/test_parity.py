@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from spidr_hf.modeling.kernel_dispatch import resolve_backend
 
 from spidr_hf import SpidRForPreTraining, SpidRModel
-from spidr_hf.kernels._dispatch import resolve_backend
 
 FEATURE_ATOL = 1e-5
 LOSS_ATOL = 1e-4

@@ -5,6 +5,12 @@ recipe files) and `trainer` (a transformers `Trainer` subclass) run the pretrain
 `spidr-hf pretrain` exposes.
 """
 
+if __name__ != "spidr_hf.training":  # the folder installs as spidr_hf.training; a second copy would split classes
+    raise ImportError(
+        f"training/ is the package spidr_hf.training, not {__name__!r}: install the repository "
+        "(pip install -e .) and import spidr_hf.training."
+    )
+
 from .arguments import SpidRTrainingArguments, parse_pretraining_args
 from .data import (
     LengthBudgetBatchSampler,

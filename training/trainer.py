@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from accelerate.utils import extract_model_from_parallel
+from spidr_hf.modeling import SAMPLING_RATE, SpidRConfig, SpidRFeatureExtractor, SpidRForPreTraining
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Sampler
@@ -41,8 +42,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from transformers.trainer_utils import seed_worker
 from transformers.training_args import ParallelMode
 
-from spidr_hf import SpidRConfig, SpidRFeatureExtractor, SpidRForPreTraining
-from spidr_hf.audio import SAMPLING_RATE
+from spidr_hf.model_dir import save_pretrained_with_code, write_model_card
 
 from .arguments import SpidRTrainingArguments
 from .data import LengthBudgetBatchSampler, PretrainingCollator, SpidRAudioDataset, is_empty_batch
@@ -391,9 +391,6 @@ class SpidRPretrainer(Trainer):
         The directory (default `args.output_dir`) loads with `AutoModel` (the student encoder) and
         `SpidRForPreTraining.from_pretrained` (everything, to continue pretraining).
         """
-        from spidr_hf.convert import save_pretrained_with_code
-        from spidr_hf.model_card import write_model_card
-
         out = Path(output_dir or self.args.output_dir)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:

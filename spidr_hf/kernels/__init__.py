@@ -1,11 +1,13 @@
-"""Fused kernels for SpidR's online clustering: codeword assignment with statistics, and the head loss.
+"""The fused codebook kernels: codeword assignment with statistics, and the head loss.
 
-Each function runs Triton kernels on CUDA tensors when Triton is importable and a plain-PyTorch
-reference otherwise (``backend="auto"``); ``backend="triton"`` or ``"torch"`` forces one. Importing
-this package works without Triton installed.
+They live in ``spidr_hf.modeling`` (``codebook_assign.py``, ``codebook_head_loss.py``,
+``kernel_dispatch.py``) because the pretraining model uses them and ``modeling/`` ships as remote
+code with everything it imports. Each op runs Triton on CUDA tensors when Triton is importable and
+a plain-PyTorch reference otherwise (``backend="auto"``); ``backend="triton"`` or ``"torch"``
+forces one.
 """
 
-from .codebook_assign import CodebookAssignment, codebook_assign
-from .head_loss import codebook_head_loss
+from ..modeling.codebook_assign import CodebookAssignment, codebook_assign
+from ..modeling.codebook_head_loss import codebook_head_loss
 
 __all__ = ["CodebookAssignment", "codebook_assign", "codebook_head_loss"]

@@ -15,30 +15,19 @@ loss on that frame (the torch path raises instead).
 
 from __future__ import annotations
 
-import functools
-from typing import Any
-
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._dispatch import (
+from .kernel_dispatch import (
     cdiv,
     device_guard,
-    jit_kernels,
     next_power_of_2,
     resolve_backend,
+    tl,
+    triton,
     triton_interpreting,
     unit_last_stride,
 )
-
-# ``triton.language``, bound by _kernels() on first use: Triton is imported only then (see _dispatch).
-tl: Any = None
-
-
-@functools.cache
-def _kernels() -> tuple[Any, Any]:
-    """The JIT-wrapped kernels below; Triton is imported on this first call."""
-    return jit_kernels(globals(), _head_loss_fwd_kernel, _head_loss_bwd_kernel)
 
 
 def codebook_head_loss(
@@ -131,9 +120,8 @@ def _launch_forward(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     if num_frames == 0:
         return frame_losses, log_norms, prob_sums
     block_n, block_k, num_warps = _block_sizes(num_classes)
-    forward_kernel, _ = _kernels()
     with device_guard(logits):
-        forward_kernel[(cdiv(num_frames, block_n), num_books)](
+        _head_loss_fwd_kernel[(cdiv(num_frames, block_n), num_books)](
             logits, labels, frame_losses, log_norms, prob_sums,
             num_frames, num_classes,
             logits.stride(0), logits.stride(1), labels.stride(0), labels.stride(1),
@@ -151,9 +139,8 @@ def _launch_backward(
     if num_frames == 0:
         return grad_logits
     block_n, block_k, num_warps = _block_sizes(num_classes)
-    _, backward_kernel = _kernels()
     with device_guard(logits):
-        backward_kernel[(cdiv(num_frames, block_n), num_books)](
+        _head_loss_bwd_kernel[(cdiv(num_frames, block_n), num_books)](
             logits, labels, log_norms, grad_losses, grad_logits,
             num_frames, num_classes,
             logits.stride(0), logits.stride(1), labels.stride(0), labels.stride(1),
@@ -163,67 +150,71 @@ def _launch_backward(
     return grad_logits
 
 
-def _head_loss_fwd_kernel(
-    logits_ptr, labels_ptr, losses_ptr, log_norms_ptr, prob_sums_ptr,
-    N, K,
-    stride_zc, stride_zn, stride_lc, stride_ln,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    """One program: BLOCK_N frames of one head; online log-sum-exp over K tiles, then softmax column sums."""
-    pid_n = tl.program_id(0)
-    book = tl.program_id(1).to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    # Padding rows read the last frame so every value stays finite; their results are never stored.
-    rows = tl.minimum(offs_n, N - 1).to(tl.int64)
-    z_rows = logits_ptr + book * stride_zc + rows[:, None] * stride_zn
+if triton is not None:  # the kernels exist where Triton does; the reference runs everywhere
 
-    run_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
-    run_sum = tl.zeros((BLOCK_N,), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        z = tl.load(z_rows + offs_k[None, :], mask=(offs_k < K)[None, :], other=float("-inf")).to(tl.float32)
-        new_max = tl.maximum(run_max, tl.max(z, axis=1))
-        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(z - new_max[:, None]), axis=1)
-        run_max = new_max
-    log_norm = run_max + tl.log(run_sum)
+    @triton.jit
+    def _head_loss_fwd_kernel(
+        logits_ptr, labels_ptr, losses_ptr, log_norms_ptr, prob_sums_ptr,
+        N, K,
+        stride_zc, stride_zn, stride_lc, stride_ln,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):  # fmt: skip
+        """One program: BLOCK_N frames of one head; online log-sum-exp over K tiles, then softmax column sums."""
+        pid_n = tl.program_id(0)
+        book = tl.program_id(1).to(tl.int64)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        # Padding rows read the last frame so every value stays finite; their results are never stored.
+        rows = tl.minimum(offs_n, N - 1).to(tl.int64)
+        z_rows = logits_ptr + book * stride_zc + rows[:, None] * stride_zn
 
-    labels = tl.load(labels_ptr + book * stride_lc + rows * stride_ln)
-    in_range = (labels >= 0) & (labels < K)
-    z_label = tl.load(z_rows + labels[:, None], mask=in_range[:, None], other=float("nan"))
-    tl.store(losses_ptr + book * N + rows, log_norm - tl.sum(z_label.to(tl.float32), axis=1), mask=mask_n)
-    tl.store(log_norms_ptr + book * N + rows, log_norm, mask=mask_n)
+        run_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+        run_sum = tl.zeros((BLOCK_N,), tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            z = tl.load(z_rows + offs_k[None, :], mask=(offs_k < K)[None, :], other=float("-inf")).to(tl.float32)
+            new_max = tl.maximum(run_max, tl.max(z, axis=1))
+            run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(z - new_max[:, None]), axis=1)
+            run_max = new_max
+        log_norm = run_max + tl.log(run_sum)
 
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < K
-        z = tl.load(z_rows + offs_k[None, :], mask=mask_k[None, :], other=float("-inf")).to(tl.float32)
-        probs = tl.where(mask_n[:, None], tl.exp(z - log_norm[:, None]), 0.0)
-        tl.atomic_add(prob_sums_ptr + book * K + offs_k, tl.sum(probs, axis=0), mask=mask_k, sem="relaxed")
+        labels = tl.load(labels_ptr + book * stride_lc + rows * stride_ln)
+        in_range = (labels >= 0) & (labels < K)
+        z_label = tl.load(z_rows + labels[:, None], mask=in_range[:, None], other=float("nan"))
+        tl.store(losses_ptr + book * N + rows, log_norm - tl.sum(z_label.to(tl.float32), axis=1), mask=mask_n)
+        tl.store(log_norms_ptr + book * N + rows, log_norm, mask=mask_n)
+
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            mask_k = offs_k < K
+            z = tl.load(z_rows + offs_k[None, :], mask=mask_k[None, :], other=float("-inf")).to(tl.float32)
+            probs = tl.where(mask_n[:, None], tl.exp(z - log_norm[:, None]), 0.0)
+            tl.atomic_add(prob_sums_ptr + book * K + offs_k, tl.sum(probs, axis=0), mask=mask_k, sem="relaxed")
 
 
-def _head_loss_bwd_kernel(
-    logits_ptr, labels_ptr, log_norms_ptr, grad_losses_ptr, grad_logits_ptr,
-    N, K,
-    stride_zc, stride_zn, stride_lc, stride_ln, stride_gc, stride_gn,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    """One program: BLOCK_N frames of one head; grad = (softmax - onehot(label)) * grad_loss, tile by tile."""
-    pid_n = tl.program_id(0)
-    book = tl.program_id(1).to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    rows = offs_n.to(tl.int64)
-    labels = tl.load(labels_ptr + book * stride_lc + rows * stride_ln, mask=mask_n, other=-1)
-    log_norm = tl.load(log_norms_ptr + book * N + rows, mask=mask_n, other=0.0)
-    grad_loss = tl.load(grad_losses_ptr + book * stride_gc + rows * stride_gn, mask=mask_n, other=0.0)
-    z_rows = logits_ptr + book * stride_zc + rows[:, None] * stride_zn
-    g_rows = grad_logits_ptr + (book * N + rows[:, None]) * K
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask = mask_n[:, None] & (offs_k < K)[None, :]
-        z = tl.load(z_rows + offs_k[None, :], mask=mask, other=0.0).to(tl.float32)
-        # Compare column indices with the label instead of reading a one-hot matrix.
-        is_label = (offs_k[None, :] == labels[:, None]).to(tl.float32)
-        grad = (tl.exp(z - log_norm[:, None]) - is_label) * grad_loss.to(tl.float32)[:, None]
-        tl.store(g_rows + offs_k[None, :], grad.to(grad_logits_ptr.dtype.element_ty), mask=mask)
+    @triton.jit
+    def _head_loss_bwd_kernel(
+        logits_ptr, labels_ptr, log_norms_ptr, grad_losses_ptr, grad_logits_ptr,
+        N, K,
+        stride_zc, stride_zn, stride_lc, stride_ln, stride_gc, stride_gn,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):  # fmt: skip
+        """One program: BLOCK_N frames of one head; grad = (softmax - onehot(label)) * grad_loss, tile by tile."""
+        pid_n = tl.program_id(0)
+        book = tl.program_id(1).to(tl.int64)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        rows = offs_n.to(tl.int64)
+        labels = tl.load(labels_ptr + book * stride_lc + rows * stride_ln, mask=mask_n, other=-1)
+        log_norm = tl.load(log_norms_ptr + book * N + rows, mask=mask_n, other=0.0)
+        grad_loss = tl.load(grad_losses_ptr + book * stride_gc + rows * stride_gn, mask=mask_n, other=0.0)
+        z_rows = logits_ptr + book * stride_zc + rows[:, None] * stride_zn
+        g_rows = grad_logits_ptr + (book * N + rows[:, None]) * K
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            mask = mask_n[:, None] & (offs_k < K)[None, :]
+            z = tl.load(z_rows + offs_k[None, :], mask=mask, other=0.0).to(tl.float32)
+            # Compare column indices with the label instead of reading a one-hot matrix.
+            is_label = (offs_k[None, :] == labels[:, None]).to(tl.float32)
+            grad = (tl.exp(z - log_norm[:, None]) - is_label) * grad_loss.to(tl.float32)[:, None]
+            tl.store(g_rows + offs_k[None, :], grad.to(grad_logits_ptr.dtype.element_ty), mask=mask)

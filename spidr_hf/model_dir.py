@@ -1,11 +1,55 @@
-"""The README model card written next to every converted or pretrained model."""
+"""A saved SpidR model directory: safetensors weights, the feature extractor's config, the remote
+code that loads them without this package, and the README model card.
+
+Converted checkpoints (``spidr-hf convert``), pretrained models (``spidr-hf pretrain``) and the
+demo's models are all written here.
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from .modeling import SpidRConfig
+from transformers.dynamic_module_utils import get_relative_import_files
+
+from . import modeling
+from .modeling import SpidRConfig, SpidRFeatureExtractor, SpidRForPreTraining
+
+# What `trust_remote_code=True` loads from a saved directory, without this package.
+AUTO_MAP = {
+    "AutoConfig": "configuration_spidr.SpidRConfig",
+    "AutoModel": "modeling_spidr.SpidRModel",
+    "AutoModelForPreTraining": "modeling_spidr_pretraining.SpidRForPreTraining",
+    "AutoFeatureExtractor": "feature_extraction_spidr.SpidRFeatureExtractor",
+}
+
+
+def remote_code_files() -> list[Path]:
+    """The files of `modeling/` that `AUTO_MAP` names, with every file they import (transformers' own rule)."""
+    code_dir = Path(modeling.__file__).resolve().parent
+    files: set[Path] = set()
+    for module in {entry.split(".")[0] for entry in AUTO_MAP.values()}:
+        path = code_dir / f"{module}.py"
+        files.update([path, *map(Path, get_relative_import_files(path))])
+    return sorted(files)
+
+
+def save_pretrained_with_code(model: SpidRForPreTraining, out_dir: str | Path) -> None:
+    """`save_pretrained` (safetensors) plus the feature extractor and the remote-code files."""
+    out_dir = Path(out_dir)
+    model.config.auto_map = dict(AUTO_MAP)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    SpidRFeatureExtractor().save_pretrained(out_dir)
+    for path in remote_code_files():
+        shutil.copyfile(path, out_dir / path.name)
+    # the feature extractor's own auto_map, so AutoFeatureExtractor finds its class remotely too
+    preprocessor = out_dir / "preprocessor_config.json"
+    data = json.loads(preprocessor.read_text())
+    data["auto_map"] = {"AutoFeatureExtractor": AUTO_MAP["AutoFeatureExtractor"]}
+    preprocessor.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
 
 _TEMPLATE = """---
 library_name: transformers

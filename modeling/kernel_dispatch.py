@@ -1,45 +1,40 @@
-"""Backend selection shared by the fused codebook kernels.
+"""Backend selection shared by the fused codebook kernels: one guarded Triton import, one dispatch function.
 
 ``backend="auto"`` runs the Triton kernels on CUDA tensors when Triton is importable and the
 plain-PyTorch reference everywhere else. ``backend="triton"`` forces the kernels: on CUDA they are
 compiled, on CPU tensors they run in Triton's interpreter, which only works when ``TRITON_INTERPRET=1``
 was in the environment before ``triton`` was first imported (Triton fixes the mode of every
-``@triton.jit`` function, its own standard library included, at import time).
-``backend="torch"`` forces the reference.
-
-Triton itself is imported on the way to the first kernel, never when this package is imported, so
-``TRITON_INTERPRET`` may be set at any time before the first Triton call, and CPU-only code paths
-(``backend="auto"`` on CPU tensors, ``backend="torch"``) never import it.
+``@triton.jit`` function, its own standard library included, at import time; ``from transformers
+import PreTrainedModel`` already imports it). ``backend="torch"`` forces the reference.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 from typing import Literal
 
 import torch
 from packaging.version import Version
 
+try:  # the one guard: Triton is absent on macOS and Windows (or broken); every op then runs its reference
+    import triton
+    import triton.language as tl
+except Exception:
+    triton = tl = None
+
 Backend = Literal["auto", "triton", "torch"]
 BACKENDS: tuple[str, ...] = ("auto", "triton", "torch")
 
 
-@functools.cache
 def triton_available() -> bool:
-    """Whether ``triton`` imports (it is optional). Imports it: call only on the way to a kernel."""
-    try:
-        import triton  # noqa: F401
-    except Exception:  # ImportError, or a broken install raising at import
-        return False
-    return True
+    """Whether ``triton`` imported (it is optional)."""
+    return triton is not None
 
 
 def triton_interpreting() -> bool:
     """Whether Triton was imported in interpreter mode, so its kernels can run on CPU tensors."""
     if not triton_available():
         return False
-    import triton.language as tl
     from triton.runtime.interpreter import InterpretedFunction
 
     # ``tl.sum`` is itself a @triton.jit function: its type tells which mode Triton was imported in.
@@ -50,8 +45,8 @@ def interpreter_incompatibility(triton_version: str, numpy_version: str) -> str 
     """Why Triton's interpreter cannot run kernels with these versions (a fix included), or None.
 
     Triton before 3.7 turns one-element arrays into Python ints (``range(0, K, BLOCK)`` on a kernel
-    argument does it), which NumPy 2.4 made an error. Measured: Triton 3.6 fails with NumPy 2.4.6 and
-    runs with 2.3.5; Triton 3.7 and 3.8 run with 2.4.6.
+    argument does it), which NumPy 2.4 made an error: Triton 3.6 fails with NumPy 2.4 and runs with 2.3;
+    Triton 3.7 and later run with 2.4.
     """
     if _release(triton_version) < (3, 7) and _release(numpy_version) >= (2, 4):
         return (
@@ -67,7 +62,6 @@ def installed_interpreter_incompatibility() -> str | None:
     if not triton_available():
         return None
     import numpy
-    import triton
 
     return interpreter_incompatibility(triton.__version__, numpy.__version__)
 
@@ -126,15 +120,3 @@ def unit_last_stride(t: torch.Tensor) -> torch.Tensor:
 def device_guard(t: torch.Tensor) -> contextlib.AbstractContextManager:
     """Triton launches on the current CUDA device: make it the tensor's one."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
-def jit_kernels(module_globals: dict, *kernels) -> tuple:
-    """Import Triton now (in the mode TRITON_INTERPRET selects) and JIT-wrap `kernels`.
-
-    Kernel bodies refer to `tl` as a global of their own module, so it is bound there.
-    """
-    import triton
-    import triton.language
-
-    module_globals["tl"] = triton.language
-    return tuple(triton.jit(kernel) for kernel in kernels)

@@ -38,40 +38,30 @@ products: error ~2^-22 relative to |x||c|, close to fp32) or ``"tf32"`` (10-bit 
 ~5e-4 |x||c|, which can swap codewords whose distances differ by 1e-4 relative). ``"auto"`` is
 ``"tf32x3"`` on GPUs with TF32 (compute capability >= 8), else ``"ieee"``; it is the cheapest
 setting expected to meet the labels rule (labels equal fp32 ``torch.cdist(x, c).argmin(-1)`` on
-frames whose two nearest codewords differ by more than 1e-4 relative distance). This has been
-argued from the error bounds, not yet measured on a GPU: ``benchmarks/gpu_kernels_check.py``
-checks the rule for every precision. Triton's interpreter ignores ``input_precision``.
+frames whose two nearest codewords differ by more than 1e-4 relative distance), as argued from the
+error bounds; ``benchmarks/gpu_kernels_check.py`` checks the rule for every precision (its results
+are in the README's Performance table). Triton's interpreter ignores ``input_precision``.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
-from ._dispatch import (
+from .kernel_dispatch import (
     cdiv,
     device_guard,
-    jit_kernels,
     next_power_of_2,
     resolve_backend,
+    tl,
+    triton,
     triton_interpreting,
     unit_last_stride,
 )
-
-# ``triton.language``, bound by _kernels() on first use: Triton is imported only then (see _dispatch).
-tl: Any = None
-
-
-@functools.cache
-def _kernels() -> tuple[Any, Any]:
-    """The JIT-wrapped kernels below; Triton is imported on this first call."""
-    return jit_kernels(globals(), _assign_kernel, _soft_stats_kernel)
-
 
 PRECISIONS: tuple[str, ...] = ("auto", "ieee", "tf32x3", "tf32")
 # Frames per chunk in the torch reference: bounds its (C, chunk, K) score buffer.
@@ -264,9 +254,8 @@ def triton_codebook_assign(
         counts.zero_()
         sums.zero_()
         return CodebookAssignment(labels, probs, counts, sums)
-    assign_kernel, soft_stats_kernel = _kernels()
     with device_guard(x):
-        assign_kernel[(cdiv(num_frames, config.block_n), num_books)](
+        _assign_kernel[(cdiv(num_frames, config.block_n), num_books)](
             x, codewords, labels, counts, sums, probs if soft else counts,
             num_frames, num_codewords, dim,
             x.stride(0), x.stride(1), codewords.stride(0), codewords.stride(1),
@@ -280,7 +269,7 @@ def triton_codebook_assign(
                 cdiv(dim, config.stats_block_d),
                 num_books,
             )
-            soft_stats_kernel[grid](
+            _soft_stats_kernel[grid](
                 x, probs, counts, sums,
                 num_frames, num_codewords, dim, x.stride(0), x.stride(1),
                 BLOCK_N=config.stats_block_n, BLOCK_K=config.stats_block_k, BLOCK_D=config.stats_block_d,
@@ -289,117 +278,121 @@ def triton_codebook_assign(
     return CodebookAssignment(labels, probs, counts, sums)
 
 
-def _assign_kernel(
-    x_ptr, c_ptr, labels_ptr, counts_ptr, sums_ptr, probs_ptr,
-    N, K, D,
-    stride_xc, stride_xn, stride_cc, stride_ck,
-    neg_inv_temp,
-    SOFT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
-):  # fmt: skip
-    """One program: BLOCK_N frames of one codebook against all K codewords, streamed in K tiles."""
-    pid_n = tl.program_id(0)
-    book = tl.program_id(1).to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    rows = offs_n.to(tl.int64)  # int64 so that offsets past 2^31 elements do not wrap
-    x_rows = x_ptr + book * stride_xc + rows[:, None] * stride_xn
-    c_book = c_ptr + book * stride_cc
-    probs_rows = probs_ptr + (book * N + rows[:, None]) * K
+if triton is not None:  # the kernels exist where Triton does; the reference runs everywhere
 
-    best = tl.full((BLOCK_N,), float("inf"), tl.float32)
-    best_idx = tl.zeros((BLOCK_N,), tl.int32)
-    run_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
-    run_sum = tl.zeros((BLOCK_N,), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < K
-        dots = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-        sq_norms = tl.zeros((BLOCK_K,), tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            mask_d = offs_d < D
-            x_tile = tl.load(x_rows + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-            c_tile = tl.load(
-                c_book + offs_k[None, :] * stride_ck + offs_d[:, None],
-                mask=mask_d[:, None] & mask_k[None, :],
-                other=0.0,
-            )  # (BLOCK_D, BLOCK_K): codewords transposed for the dot
-            x_tile = x_tile.to(tl.float32)
-            c_tile = c_tile.to(tl.float32)
-            dots = tl.dot(x_tile, c_tile, dots, input_precision=PRECISION)
-            sq_norms += tl.sum(c_tile * c_tile, axis=0)
-        # Squared distance minus ||x||^2; padding codewords can never win.
-        scores = tl.where(mask_k[None, :], sq_norms[None, :] - 2.0 * dots, float("inf"))
-        tile_best, tile_idx = tl.min(scores, axis=1, return_indices=True, return_indices_tie_break_left=True)
-        # Strict '<': on a tie the earlier tile, hence the lower index, keeps the frame.
-        better = tile_best < best
-        best = tl.where(better, tile_best, best)
-        best_idx = tl.where(better, tile_idx + k0, best_idx)
-        if SOFT:
-            logits = scores * neg_inv_temp  # padding codewords: -inf
-            tl.store(probs_rows + offs_k[None, :], logits, mask=mask_n[:, None] & mask_k[None, :])
-            new_max = tl.maximum(run_max, tl.max(logits, axis=1))
-            run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
-            run_max = new_max
-    tl.store(labels_ptr + book * N + rows, best_idx.to(tl.int64), mask=mask_n)
+    @triton.jit
+    def _assign_kernel(
+        x_ptr, c_ptr, labels_ptr, counts_ptr, sums_ptr, probs_ptr,
+        N, K, D,
+        stride_xc, stride_xn, stride_cc, stride_ck,
+        neg_inv_temp,
+        SOFT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):  # fmt: skip
+        """One program: BLOCK_N frames of one codebook against all K codewords, streamed in K tiles."""
+        pid_n = tl.program_id(0)
+        book = tl.program_id(1).to(tl.int64)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        rows = offs_n.to(tl.int64)  # int64 so that offsets past 2^31 elements do not wrap
+        x_rows = x_ptr + book * stride_xc + rows[:, None] * stride_xn
+        c_book = c_ptr + book * stride_cc
+        probs_rows = probs_ptr + (book * N + rows[:, None]) * K
 
-    if SOFT:
-        # The second sweep reads back what other threads of this program stored.
-        tl.debug_barrier()
-        inv_sum = 1.0 / run_sum
+        best = tl.full((BLOCK_N,), float("inf"), tl.float32)
+        best_idx = tl.zeros((BLOCK_N,), tl.int32)
+        run_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+        run_sum = tl.zeros((BLOCK_N,), tl.float32)
         for k0 in range(0, K, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
-            mask = mask_n[:, None] & (offs_k < K)[None, :]
-            logits = tl.load(probs_rows + offs_k[None, :], mask=mask, other=float("-inf"))
-            tl.store(
-                probs_rows + offs_k[None, :], tl.exp(logits - run_max[:, None]) * inv_sum[:, None], mask=mask
+            mask_k = offs_k < K
+            dots = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+            sq_norms = tl.zeros((BLOCK_K,), tl.float32)
+            for d0 in range(0, D, BLOCK_D):
+                offs_d = d0 + tl.arange(0, BLOCK_D)
+                mask_d = offs_d < D
+                x_tile = tl.load(x_rows + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+                c_tile = tl.load(
+                    c_book + offs_k[None, :] * stride_ck + offs_d[:, None],
+                    mask=mask_d[:, None] & mask_k[None, :],
+                    other=0.0,
+                )  # (BLOCK_D, BLOCK_K): codewords transposed for the dot
+                x_tile = x_tile.to(tl.float32)
+                c_tile = c_tile.to(tl.float32)
+                dots = tl.dot(x_tile, c_tile, dots, input_precision=PRECISION)
+                sq_norms += tl.sum(c_tile * c_tile, axis=0)
+            # Squared distance minus ||x||^2; padding codewords can never win.
+            scores = tl.where(mask_k[None, :], sq_norms[None, :] - 2.0 * dots, float("inf"))
+            tile_best, tile_idx = tl.min(scores, axis=1, return_indices=True, return_indices_tie_break_left=True)
+            # Strict '<': on a tie the earlier tile, hence the lower index, keeps the frame.
+            better = tile_best < best
+            best = tl.where(better, tile_best, best)
+            best_idx = tl.where(better, tile_idx + k0, best_idx)
+            if SOFT:
+                logits = scores * neg_inv_temp  # padding codewords: -inf
+                tl.store(probs_rows + offs_k[None, :], logits, mask=mask_n[:, None] & mask_k[None, :])
+                new_max = tl.maximum(run_max, tl.max(logits, axis=1))
+                run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
+                run_max = new_max
+        tl.store(labels_ptr + book * N + rows, best_idx.to(tl.int64), mask=mask_n)
+
+        if SOFT:
+            # The second sweep reads back what other threads of this program stored.
+            tl.debug_barrier()
+            inv_sum = 1.0 / run_sum
+            for k0 in range(0, K, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                mask = mask_n[:, None] & (offs_k < K)[None, :]
+                logits = tl.load(probs_rows + offs_k[None, :], mask=mask, other=float("-inf"))
+                tl.store(
+                    probs_rows + offs_k[None, :], tl.exp(logits - run_max[:, None]) * inv_sum[:, None], mask=mask
+                )
+        else:
+            slots = book * K + best_idx.to(tl.int64)
+            tl.atomic_add(counts_ptr + slots, tl.full((BLOCK_N,), 1.0, tl.float32), mask=mask_n, sem="relaxed")
+            for d0 in range(0, D, BLOCK_D):
+                offs_d = d0 + tl.arange(0, BLOCK_D)
+                mask = mask_n[:, None] & (offs_d < D)[None, :]
+                x_tile = tl.load(x_rows + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+                tl.atomic_add(sums_ptr + slots[:, None] * D + offs_d[None, :], x_tile, mask=mask, sem="relaxed")
+
+
+    @triton.jit
+    def _soft_stats_kernel(
+        x_ptr, probs_ptr, counts_ptr, sums_ptr,
+        N, K, D, stride_xc, stride_xn,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    ):  # fmt: skip
+        """One program: a (BLOCK_K, BLOCK_D) tile of ``probs^T x`` (and counts) for one codebook, over all N."""
+        pid_k = tl.program_id(0)
+        pid_d = tl.program_id(1)
+        book = tl.program_id(2).to(tl.int64)
+        offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        mask_k = offs_k < K
+        mask_d = offs_d < D
+        acc = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
+        counts = tl.zeros((BLOCK_K,), tl.float32)
+        for n0 in range(0, N, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < N
+            rows = offs_n.to(tl.int64)
+            probs = tl.load(
+                probs_ptr + (book * N + rows[:, None]) * K + offs_k[None, :],
+                mask=mask_n[:, None] & mask_k[None, :],
+                other=0.0,
             )
-    else:
-        slots = book * K + best_idx.to(tl.int64)
-        tl.atomic_add(counts_ptr + slots, tl.full((BLOCK_N,), 1.0, tl.float32), mask=mask_n, sem="relaxed")
-        for d0 in range(0, D, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            mask = mask_n[:, None] & (offs_d < D)[None, :]
-            x_tile = tl.load(x_rows + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
-            tl.atomic_add(sums_ptr + slots[:, None] * D + offs_d[None, :], x_tile, mask=mask, sem="relaxed")
-
-
-def _soft_stats_kernel(
-    x_ptr, probs_ptr, counts_ptr, sums_ptr,
-    N, K, D, stride_xc, stride_xn,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-):  # fmt: skip
-    """One program: a (BLOCK_K, BLOCK_D) tile of ``probs^T x`` (and counts) for one codebook, over all N."""
-    pid_k = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    book = tl.program_id(2).to(tl.int64)
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_k = offs_k < K
-    mask_d = offs_d < D
-    acc = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
-    counts = tl.zeros((BLOCK_K,), tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        rows = offs_n.to(tl.int64)
-        probs = tl.load(
-            probs_ptr + (book * N + rows[:, None]) * K + offs_k[None, :],
-            mask=mask_n[:, None] & mask_k[None, :],
-            other=0.0,
+            x_tile = tl.load(
+                x_ptr + book * stride_xc + rows[:, None] * stride_xn + offs_d[None, :],
+                mask=mask_n[:, None] & mask_d[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            acc = tl.dot(tl.trans(probs), x_tile, acc, input_precision=PRECISION)
+            counts += tl.sum(probs, axis=0)
+        tl.store(
+            sums_ptr + (book * K + offs_k[:, None]) * D + offs_d[None, :],
+            acc,
+            mask=mask_k[:, None] & mask_d[None, :],
         )
-        x_tile = tl.load(
-            x_ptr + book * stride_xc + rows[:, None] * stride_xn + offs_d[None, :],
-            mask=mask_n[:, None] & mask_d[None, :],
-            other=0.0,
-        ).to(tl.float32)
-        acc = tl.dot(tl.trans(probs), x_tile, acc, input_precision=PRECISION)
-        counts += tl.sum(probs, axis=0)
-    tl.store(
-        sums_ptr + (book * K + offs_k[:, None]) * D + offs_d[None, :],
-        acc,
-        mask=mask_k[:, None] & mask_d[None, :],
-    )
-    # Every D-tile program computes the counts; the first one writes them.
-    tl.store(counts_ptr + book * K + offs_k, counts, mask=mask_k & (pid_d == 0))
+        # Every D-tile program computes the counts; the first one writes them.
+        tl.store(counts_ptr + book * K + offs_k, counts, mask=mask_k & (pid_d == 0))
