@@ -29,12 +29,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from spidr_hf.modeling import SpidRConfig, SpidRForPreTraining
+from spidr_hf.modeling import SAMPLING_RATE, SpidRConfig, SpidRForPreTraining, num_frames
 from spidr_hf.modeling import modeling_spidr_pretraining as pretraining_module
-from spidr_hf.training import compute_span_mask, num_frames, pretraining_param_groups
+from spidr_hf.training import compute_span_mask, pretraining_param_groups
 from torch.profiler import ProfilerActivity, profile, record_function
 
-SAMPLING_RATE = 16_000
 FORWARD_PHASES = ("feature extractor", "student", "teacher", "codebook assign", "heads + loss")
 PHASES = (*FORWARD_PHASES, "forward (other)", "backward", "optimizer", "EMA + codebook update")
 

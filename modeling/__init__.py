@@ -13,7 +13,14 @@ if __name__ != "spidr_hf.modeling":  # the folder installs as spidr_hf.modeling;
 
 from .codebook_assign import CodebookAssignment, codebook_assign
 from .codebook_head_loss import codebook_head_loss
-from .configuration_spidr import SAMPLING_RATE, FrameGeometry, SpidRConfig, num_frames
+from .configuration_spidr import (
+    DEFAULT_CONV_KERNEL,
+    DEFAULT_CONV_STRIDE,
+    SAMPLING_RATE,
+    FrameGeometry,
+    SpidRConfig,
+    num_frames,
+)
 from .feature_extraction_spidr import SpidRFeatureExtractor, standardize
 from .modeling_spidr import SpidREncoder, SpidRModel, SpidRModelOutput, SpidRPreTrainedModel
 from .modeling_spidr_pretraining import (
@@ -24,6 +31,8 @@ from .modeling_spidr_pretraining import (
 )
 
 __all__ = [
+    "DEFAULT_CONV_KERNEL",
+    "DEFAULT_CONV_STRIDE",
     "PADDING_UNIT",
     "SAMPLING_RATE",
     "CodebookAssignment",

@@ -11,7 +11,7 @@ the same formula as transformers' ``Wav2Vec2FeatureExtractor`` (see :func:`stand
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -20,15 +20,11 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from .modeling.feature_extraction_spidr import standardize as _feature_extractor_standardize
-
-SAMPLING_RATE = 16_000
-"""The sampling rate every SpidR model expects."""
+from .modeling import SAMPLING_RATE
+from .modeling import standardize as _feature_extractor_standardize
 
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".mp3", ".ogg")
 """File name endings (lower case) that :func:`find_audio_files` collects."""
-
-"""Added to the variance before the square root, as in ``Wav2Vec2FeatureExtractor``."""
 
 AudioSource = str | os.PathLike | BinaryIO
 
@@ -42,30 +38,6 @@ def _describe(source: AudioSource) -> str:
     if isinstance(source, str | os.PathLike):
         return os.fspath(source)
     return str(getattr(source, "name", "<audio bytes>"))
-
-
-DEFAULT_CONV_KERNEL: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
-"""Kernel sizes of SpidR's waveform convolutions (one per layer)."""
-
-DEFAULT_CONV_STRIDE: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
-"""Strides of SpidR's waveform convolutions: 320 samples (20 ms at 16 kHz) per frame."""
-
-
-def num_frames(
-    num_samples: int,
-    conv_kernel: Sequence[int] = DEFAULT_CONV_KERNEL,
-    conv_stride: Sequence[int] = DEFAULT_CONV_STRIDE,
-) -> int:
-    """Number of encoder frames for a waveform of ``num_samples`` samples.
-
-    Each unpadded convolution maps ``L`` to ``floor((L - kernel) / stride) + 1`` (0 when ``L < kernel``);
-    with the default convolutions that is ``floor((L - 400) / 320) + 1``: frame t covers samples
-    ``[320 t, 320 t + 400)``.
-    """
-    length = int(num_samples)
-    for kernel, stride in zip(conv_kernel, conv_stride, strict=True):
-        length = max((length - kernel) // stride + 1, 0)
-    return length
 
 
 def resampled_length(num_samples: int, orig_rate: int, target_rate: int) -> int:
@@ -117,15 +89,26 @@ def _read(source: AudioSource, start: int, stop: int | None) -> tuple[np.ndarray
         raise AudioDecodeError(f"cannot decode audio file {_describe(source)}: {err}") from err
 
 
-def _file_rate(source: AudioSource) -> int:
-    """The sampling rate in the header of ``source`` (rewinds a file object afterwards)."""
+def _header(source: AudioSource, what: str) -> tuple[int, int]:
+    """``(frames, sampling rate)`` from the header of ``source`` (a file object is rewound afterwards)."""
     try:
-        rate = sf.info(source).samplerate
+        info = sf.info(source)
     except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
-        raise AudioDecodeError(f"cannot decode audio file {_describe(source)}: {err}") from err
+        raise AudioDecodeError(f"cannot {what} audio file {_describe(source)}: {err}") from err
     if hasattr(source, "seek"):
         source.seek(0)  # sf.info consumed the header of the file object
-    return int(rate)
+    return int(info.frames), int(info.samplerate)
+
+
+def _file_rate(source: AudioSource) -> int:
+    """The sampling rate in the header of ``source``."""
+    return _header(source, "decode")[1]
+
+
+def audio_length(source: AudioSource, sampling_rate: int = SAMPLING_RATE) -> int:
+    """Length of an audio file at ``sampling_rate``, from its header only (raises AudioDecodeError)."""
+    frames, rate = _header(source, "read the header of")
+    return resampled_length(frames, rate, sampling_rate)
 
 
 def load_audio(

@@ -1,8 +1,9 @@
 """The ``spidr-hf`` command line: one sub-command per module in :mod:`spidr_hf.commands`.
 
-Each sub-command module owns its own argument parser (argparse or transformers'
-``HfArgumentParser``) and exposes ``DESCRIPTION`` and ``main(argv)``, so the parsers stay
-next to the code they drive and this dispatcher stays a table.
+Each sub-command module owns its own argument parser (a ``CommandParser``, or transformers'
+``HfArgumentParser`` for ``pretrain``) and exposes ``DESCRIPTION`` and ``main(argv)``, so the
+parsers stay next to the code they drive and this dispatcher stays a table. The conventions they
+share (kebab-case flags, ``--quiet``, ``--debug``, one error path) live in :mod:`spidr_hf.commands`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def _load(name: str):
+def load_command(name: str):
+    """The module of sub-command ``name`` (``DESCRIPTION``, ``main(argv)``, and for most ``build_parser()``)."""
     return importlib.import_module(f"spidr_hf.commands.{COMMANDS[name]}")
 
 
@@ -39,10 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         print("\ncommands:")
         for name in sorted(COMMANDS):
-            print(f"  {name:<14} {_load(name).DESCRIPTION}")
+            print(f"  {name:<14} {load_command(name).DESCRIPTION}")
         return 0
     args = parser.parse_args(argv[:1])
-    return int(_load(args.command).main(argv[1:]) or 0)
+    return int(load_command(args.command).main(argv[1:]) or 0)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
 
     from spidr_hf.model_dir import save_pretrained_with_code
     from spidr_hf.synth import synthesize_corpus
-    from spidr_hf.training import SpidRPretrainer, load_pretraining_model, parse_pretraining_args
+    from spidr_hf.training import SpidRPretrainer, SpidRTrainingArguments, load_pretraining_model, load_recipe
 
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,18 +60,19 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     initial_loss = batch_loss(model, loss_batch)
 
     print(f"[2/4] Pretraining the tiny SpidR for {settings.max_steps} steps")
-    args = parse_pretraining_args(
-        [
-            "--recipe", "tiny_cpu",
-            "--train_data", str(corpus_dir / "manifest.tsv"),
-            "--output_dir", str(out / "trained_model"),
-            "--max_steps", str(settings.max_steps),
-            "--save_steps", str(max(settings.max_steps, 1)),
-            "--logging_steps", str(max(1, min(10, settings.max_steps // 10))),
-            "--seed", str(settings.seed),
-            "--report_to", "tensorboard",
-        ]
-    )  # fmt: skip
+    args = SpidRTrainingArguments(
+        **{
+            **load_recipe("tiny_cpu"),
+            "recipe": "tiny_cpu",
+            "train_data": str(corpus_dir / "manifest.tsv"),
+            "output_dir": str(out / "trained_model"),
+            "max_steps": settings.max_steps,
+            "save_steps": float(max(settings.max_steps, 1)),  # float fields, as their flags parse
+            "logging_steps": float(max(1, min(10, settings.max_steps // 10))),
+            "seed": settings.seed,
+            "report_to": "tensorboard",
+        }
+    )
     trainer = SpidRPretrainer(model, args)
     trainer.train()
     trained_dir = trainer.save_pretrained_model()
@@ -108,7 +109,7 @@ def fixed_loss_batch(corpus_dir: Path, model: Any, count: int, seed: int) -> dic
     waves = [load_audio(corpus_dir / r["path"]) for r in records]
     length = min(len(w) for w in waves)
     values = torch.stack([torch.from_numpy(standardize(w[:length])) for w in waves])
-    frames = int(model._get_feat_extract_output_lengths(length))
+    frames = model.config.frame_geometry.num_frames(length)
     mask = compute_span_mask((len(waves), frames), generator=torch.Generator().manual_seed(seed))
     return {"input_values": values, "mask_time_indices": mask}
 

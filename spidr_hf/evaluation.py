@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 
+from .modeling import FrameGeometry
 from .units import deduplicate
 
 SILENCE = "SIL"
-FRAME_RATE = 50
+FRAME_RATE = FrameGeometry().frame_rate  # units of the default conv stack: 50 per second
 MAX_LENGTH_MISMATCH = 2  # frames; convolution edge effects, not a misalignment
 
 

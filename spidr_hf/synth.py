@@ -40,19 +40,16 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from .audio import num_frames, resample
+from .audio import resample
+from .modeling import SAMPLING_RATE, FrameGeometry, num_frames
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
-FRAME_RATE = 50
 SILENCE = "SIL"
 ESPEAK_INSTALL_HINT = "espeak-ng is not installed; install it: apt-get install espeak-ng"
 
-# SpidR's convolutional feature encoder: (kernel, stride) of its 7 layers (wav2vec 2.0 layout).
-# receptive field and hop of the encoder, in samples: frame t covers [t*HOP, t*HOP + FIELD)
-FRAME_HOP = 320
-FRAME_FIELD = 400
+# Alignments label the frames of the default conv stack: frame t covers [t * hop, t * hop + receptive field).
+FRAMES = FrameGeometry()
 
 # American and British English x espeak-ng voice variants (pitch, formants, breathiness):
 # six speakers over two accents keeps the phone inventory near 50. Klatt variants are left
@@ -279,7 +276,7 @@ def espeak_available() -> bool:
 
 def frame_centers(count: int) -> np.ndarray:
     """Centre time in seconds of encoder frames ``0..count-1``: ``(t * 320 + 200) / 16000``."""
-    return (np.arange(count) * FRAME_HOP + FRAME_FIELD / 2) / SAMPLE_RATE
+    return (np.arange(count) * FRAMES.hop + FRAMES.receptive_field / 2) / SAMPLING_RATE
 
 
 def frame_alignment(segments: list[tuple[str, float, float]], num_samples: int) -> list[str]:
@@ -320,7 +317,7 @@ def phone_segments(
 
 def _to_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """int16 samples at ``sample_rate`` -> float32 in [-1, 1] at 16 kHz."""
-    wave = resample(audio.astype(np.float32) / 32768.0, sample_rate, SAMPLE_RATE)
+    wave = resample(audio.astype(np.float32) / 32768.0, sample_rate, SAMPLING_RATE)
     return np.clip(wave, -1.0, 1.0)  # resampling can overshoot full scale slightly
 
 
@@ -338,7 +335,7 @@ def render(
     segments = phone_segments(events, audio.size, sample_rate)
     # the resampled wave is a fraction of a sample longer or shorter: end the last segment with it
     name, start, _ = segments[-1]
-    segments[-1] = (name, start, wave.size / SAMPLE_RATE)
+    segments[-1] = (name, start, wave.size / SAMPLING_RATE)
     return wave, segments
 
 
@@ -425,7 +422,7 @@ def phone_inventory(phones: set[str] | list[str]) -> list[str]:
 
 
 @dataclass
-class Utterance:
+class RenderedUtterance:
     """One rendered utterance of the corpus."""
 
     id: str
@@ -444,7 +441,7 @@ class CorpusInfo:
     root: Path
     seed: int
     voices: list[str]
-    utterances: list[Utterance] = field(repr=False)
+    utterances: list[RenderedUtterance] = field(repr=False)
     phones: list[str]
     espeak_version: str
 
@@ -454,7 +451,7 @@ class CorpusInfo:
 
     @property
     def minutes(self) -> float:
-        return self.num_samples / SAMPLE_RATE / 60
+        return self.num_samples / SAMPLING_RATE / 60
 
     @property
     def speakers(self) -> list[str]:
@@ -468,13 +465,13 @@ def _utterance_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index) & 0xFFFFFFFF
 
 
-def render_utterance(index: int, rng: random.Random, voice: str, seed: int) -> tuple[Utterance, np.ndarray]:
+def render_utterance(index: int, rng: random.Random, voice: str, seed: int) -> tuple[RenderedUtterance, np.ndarray]:
     """Draw the text and rate of utterance ``index`` from ``rng`` and render it."""
     text = make_text(rng)
     rate = rng.randint(*RATE_RANGE)
     wave, segments = render(text, voice, rate=rate, seed=_utterance_seed(seed, index))
     speaker = speaker_name(voice)
-    utt = Utterance(
+    utt = RenderedUtterance(
         id=f"{speaker}/utt{index:05d}",
         speaker=speaker,
         voice=voice,
@@ -486,7 +483,7 @@ def render_utterance(index: int, rng: random.Random, voice: str, seed: int) -> t
     return utt, wave
 
 
-def item_rows(utt: Utterance) -> list[str]:
+def item_rows(utt: RenderedUtterance) -> list[str]:
     """ZeroSpeech item lines (``#file onset offset #phone prev-phone next-phone speaker``) for one utterance.
 
     Only phones whose neighbours are phones (not ``SIL``) and that span at least one 50 Hz
@@ -500,8 +497,8 @@ def item_rows(utt: Utterance) -> list[str]:
         if SILENCE in (prev, phone, nxt):
             continue
         # the slice fastabx takes for [onset, offset] at 50 Hz
-        first = int(np.ceil(onset * FRAME_RATE - 0.5))
-        last = int(np.floor(offset * FRAME_RATE - 0.5)) + 1
+        first = int(np.ceil(onset * FRAMES.frame_rate - 0.5))
+        last = int(np.floor(offset * FRAMES.frame_rate - 0.5)) + 1
         if last <= first or last > total_frames:
             continue
         rows.append(f"{utt.id} {onset:.4f} {offset:.4f} {phone} {prev} {nxt} {utt.speaker}")
@@ -521,7 +518,7 @@ def _corpus_stats(info: CorpusInfo) -> dict:
     frame_counts: Counter[str] = Counter()
     for utt in info.utterances:
         per_speaker[utt.speaker]["utterances"] += 1
-        per_speaker[utt.speaker]["seconds"] += utt.num_samples / SAMPLE_RATE
+        per_speaker[utt.speaker]["seconds"] += utt.num_samples / SAMPLING_RATE
         frame_counts.update(utt.phones)
     for entry in per_speaker.values():
         entry["seconds"] = round(entry["seconds"], 3)
@@ -532,8 +529,8 @@ def _corpus_stats(info: CorpusInfo) -> dict:
         "phones": len(info.phones),
         "phone_frame_counts": {p: frame_counts[p] for p in info.phones},
         "frames": sum(frame_counts.values()),
-        "sample_rate": SAMPLE_RATE,
-        "frame_rate": FRAME_RATE,
+        "sample_rate": SAMPLING_RATE,
+        "frame_rate": FRAMES.frame_rate,
         "seed": info.seed,
         "espeak_ng_version": info.espeak_version,
     }
@@ -631,14 +628,14 @@ def synthesize_corpus(
     check_voices(voices)  # fail on a bad voice name before writing anything
     root = Path(out_dir)
     _prepare_output(root, overwrite)
-    target_samples = int(minutes * 60 * SAMPLE_RATE)
+    target_samples = int(minutes * 60 * SAMPLING_RATE)
     rng = random.Random(seed)
-    utterances: list[Utterance] = []
+    utterances: list[RenderedUtterance] = []
     total = 0
     # progress in seconds of audio; each utterance advances it by its duration
     bar = tqdm(
         total=target_samples,
-        unit_scale=1 / SAMPLE_RATE,
+        unit_scale=1 / SAMPLING_RATE,
         desc="synthesizing",
         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio [{elapsed}<{remaining}{postfix}]",
         disable=not progress,
@@ -649,7 +646,7 @@ def synthesize_corpus(
             utt, wave = render_utterance(index, rng, voices[index % len(voices)], seed)
             path = root / "audio" / f"{utt.id}.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(path, wave, SAMPLE_RATE, subtype="PCM_16")
+            sf.write(path, wave, SAMPLING_RATE, subtype="PCM_16")
             utterances.append(utt)
             total += utt.num_samples
             bar.update(min(utt.num_samples, target_samples - bar.n))

@@ -1,4 +1,4 @@
-"""Tests of spidr_hf.training.data: indexing sources, the dataset, the batch sampler, the collator."""
+"""Tests of spidr_hf.training.data (and the spidr_hf.sources it indexes with): sources, the dataset, the batch sampler, the collator."""
 
 from __future__ import annotations
 
@@ -10,20 +10,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from spidr_hf.modeling import num_frames
 from spidr_hf.training.data import (
     LengthBudgetBatchSampler,
     PretrainingCollator,
     SpidRAudioDataset,
-    Utterance,
     is_empty_batch,
     load_training_index,
-    read_manifest,
-    write_manifest,
 )
-from spidr_hf.training.masking import num_frames
 from torch.utils.data import DataLoader
 
 from spidr_hf.audio import AudioDecodeError, load_audio
+from spidr_hf.sources import AudioItem, read_manifest, write_manifest
 
 
 def noise(num_samples: int, seed: int = 0) -> np.ndarray:
@@ -51,7 +49,7 @@ def corpus(tmp_path):
     return root
 
 
-def by_name(utterances: list[Utterance]) -> dict[str, int]:
+def by_name(utterances: list[AudioItem]) -> dict[str, int]:
     return {str(u.source).rsplit("/", 1)[-1]: u.num_samples for u in utterances}
 
 
@@ -132,7 +130,7 @@ def test_datasets_audio_column(corpus):
     table = datasets.Dataset.from_dict({"audio": rows, "text": list("abcd")})
     ds = table.cast_column("audio", datasets.Audio(sampling_rate=16_000))  # decoding would need torchcodec
     index = load_training_index(ds)
-    assert index == [Utterance(0, 20_000), Utterance(1, 6_000)]
+    assert index == [AudioItem(0, 20_000), AudioItem(1, 6_000)]
     dataset = SpidRAudioDataset.from_source(ds, max_samples=50_000)
     assert dataset.lengths == [20_000, 6_000]
     assert dataset[1]["input_values"].shape == (6_000,)
@@ -178,7 +176,7 @@ def test_items_are_cropped_standardised_and_deterministic(corpus):
 
 def test_crop_is_a_window_of_the_file(corpus):
     full = load_audio(corpus / "a.wav")
-    dataset = SpidRAudioDataset([Utterance(str(corpus / "a.wav"), 20_000)], max_samples=5_000)
+    dataset = SpidRAudioDataset([AudioItem(str(corpus / "a.wav"), 20_000)], max_samples=5_000)
     offsets = set()
     for epoch in range(5):
         crop = dataset[(0, epoch)]["input_values"].numpy()
@@ -191,12 +189,12 @@ def test_crop_is_a_window_of_the_file(corpus):
 
 
 def test_resampled_long_file_is_cropped(corpus):
-    dataset = SpidRAudioDataset([Utterance(str(corpus / "sub/deeper/c.wav"), 8_000)], max_samples=3_000)
+    dataset = SpidRAudioDataset([AudioItem(str(corpus / "sub/deeper/c.wav"), 8_000)], max_samples=3_000)
     assert dataset[0]["input_values"].shape == (3_000,)
 
 
 def test_bad_file_returns_none_and_is_counted(corpus, caplog):
-    utterances = [Utterance(str(corpus / "a.wav"), 20_000), Utterance(str(corpus / "corrupt.wav"), 9_000)]
+    utterances = [AudioItem(str(corpus / "a.wav"), 20_000), AudioItem(str(corpus / "corrupt.wav"), 9_000)]
     dataset = SpidRAudioDataset(utterances)
     with caplog.at_level(logging.WARNING):
         assert dataset[1] is None and dataset[1] is None
@@ -208,7 +206,7 @@ def test_bad_file_returns_none_and_is_counted(corpus, caplog):
 
 
 def test_file_decoding_shorter_than_min_samples_is_skipped(corpus):
-    dataset = SpidRAudioDataset([Utterance(str(corpus / "short.wav"), 5_000)])  # the index lied
+    dataset = SpidRAudioDataset([AudioItem(str(corpus / "short.wav"), 5_000)])  # the index lied
     assert dataset[0] is None and dataset.num_failed == 1
 
 
@@ -384,7 +382,7 @@ def test_collator_from_config():
 
 def test_dataloader_end_to_end(corpus):
     index = load_training_index(corpus)
-    dataset = SpidRAudioDataset(index + [Utterance(str(corpus / "corrupt.wav"), 7_000)], max_samples=8_000)
+    dataset = SpidRAudioDataset(index + [AudioItem(str(corpus / "corrupt.wav"), 7_000)], max_samples=8_000)
     sampler = LengthBudgetBatchSampler(dataset.lengths, 16_000, seed=0, max_samples=8_000, yield_epoch=True)
     sampler.set_epoch(1)
 

@@ -12,6 +12,7 @@ import soundfile as sf
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from spidr_hf.modeling import num_frames
 
 from spidr_hf import SpidRConfig, SpidRForPreTraining
 from spidr_hf.audio import load_audio, standardize
@@ -19,12 +20,11 @@ from spidr_hf.cli import main
 from spidr_hf.extract import (
     WINDOWED_RELATIVE_TOLERANCE,
     FrameEncoder,
-    collect_inputs,
     length_batches,
-    num_frames,
     plan_windows,
     sample_frames,
 )
+from spidr_hf.sources import collect_inputs
 from spidr_hf.units import KMeansQuantizer, layer_features, predict_units
 
 ATOL = 1e-5
@@ -82,7 +82,7 @@ def _model_features(model, path: Path, layer: int, representation: str) -> torch
 
 
 def _run(*args) -> int:
-    return main(["extract", *map(str, args), "--num-workers", "0", "--no-progress"])
+    return main(["extract", *map(str, args), "--num-workers", "0", "--quiet"])
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -283,6 +283,37 @@ def test_windows_with_full_context_are_exact(model):
     for key, tensor in whole.items():
         assert windowed[key].shape == tensor.shape
         torch.testing.assert_close(windowed[key], tensor, atol=ATOL, rtol=0)
+
+
+def test_windows_follow_the_models_own_conv_stack(tmp_path):
+    """A model whose conv stack is not SpidR's (hop 160) is windowed on its own frame grid."""
+    torch.manual_seed(0)
+    config = SpidRConfig(
+        conv_dim=[16] * 6, conv_kernel=[10, 3, 3, 3, 2, 2], conv_stride=[5, 2, 2, 2, 2, 2], hidden_size=32,
+        num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, num_conv_pos_embedding_groups=4,
+        num_codebooks=2, codebook_size=8, hidden_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0,
+    )  # fmt: skip
+    geometry = config.frame_geometry
+    assert (geometry.hop, geometry.frame_rate) == (160, 100) and geometry.receptive_field != 400
+    model_dir = tmp_path / "model"
+    SpidRForPreTraining(config).save_pretrained(model_dir)
+    sf.write(tmp_path / "speech.wav", _tone(7.0, seed=11), 16000)
+
+    outputs = {}
+    for name, window in {"whole": [], "windowed": ["--max-whole-s", "2", "--window-s", "1", "--context-s", "2"],
+                         "full_context": ["--max-whole-s", "2", "--window-s", "1", "--context-s", "10"]}.items():  # fmt: skip
+        out = tmp_path / name
+        assert _run(model_dir, tmp_path / "speech.wav", "--output-dir", out, *window) == 0
+        outputs[name] = load_file(out / "speech.safetensors")["layer3"]
+        with safe_open(out / "speech.safetensors", framework="pt") as f:
+            assert f.metadata()["frame_rate"] == "100"
+    model = SpidRForPreTraining.from_pretrained(model_dir).eval()
+    expected = _model_features(model, tmp_path / "speech.wav", 3, "hidden_state")
+    assert expected.shape[0] == geometry.num_frames(7 * 16000)
+    torch.testing.assert_close(outputs["whole"], expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(outputs["full_context"], expected, atol=ATOL, rtol=0)  # every window sees it all
+    assert outputs["windowed"].shape == expected.shape
+    assert _relative_error(outputs["windowed"], expected) < WINDOWED_RELATIVE_TOLERANCE
 
 
 def test_window_plan_covers_every_frame_once():

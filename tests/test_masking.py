@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from spidr_hf.training.masking import compute_span_mask, num_frames
+from spidr_hf.modeling import num_frames
+from spidr_hf.training.masking import compute_span_mask
 
 
 def generator(seed: int = 0) -> torch.Generator:

@@ -76,7 +76,7 @@ def test_render_gives_16k_float_audio_with_tiling_segments() -> None:
     assert wave.dtype == np.float32 and wave.ndim == 1
     assert -1.0 <= wave.min() and wave.max() <= 1.0
     assert np.sqrt(np.mean(wave**2)) > 0.01  # not silent
-    assert segments[0][1] == 0.0 and segments[-1][2] == pytest.approx(wave.size / synth.SAMPLE_RATE)
+    assert segments[0][1] == 0.0 and segments[-1][2] == pytest.approx(wave.size / synth.SAMPLING_RATE)
     for (_, _, end), (_, start, _) in zip(segments, segments[1:], strict=False):
         assert start == end  # contiguous, in order
     spoken = [p for p, _, _ in segments if p != "SIL"]
@@ -172,7 +172,7 @@ def test_phones_are_plausible(corpus: synth.CorpusInfo) -> None:
 
 def test_phone_timings_are_monotone_and_inside_the_audio(corpus: synth.CorpusInfo) -> None:
     for utt in corpus.utterances:
-        duration = utt.num_samples / synth.SAMPLE_RATE
+        duration = utt.num_samples / synth.SAMPLING_RATE
         bounds = [utt.segments[0][1]] + [end for _, _, end in utt.segments]
         assert bounds[0] == 0.0 and bounds[-1] == pytest.approx(duration)
         assert all(a < b for a, b in zip(bounds, bounds[1:], strict=False))

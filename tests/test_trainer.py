@@ -11,13 +11,13 @@ import pytest
 import soundfile as sf
 import torch
 from pretrain_worker import micro_model, run_pretraining, write_speechlike_corpus
+from spidr_hf.modeling import num_frames
 from spidr_hf.training import (
     SpidRPretrainer,
     SpidRTeacherCallback,
     SpidRTrainingArguments,
     TriStageSchedule,
     compute_span_mask,
-    num_frames,
 )
 from spidr_hf.training.trainer import feature_encoder_parameters
 from transformers import TrainerCallback

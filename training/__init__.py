@@ -16,12 +16,10 @@ from .data import (
     LengthBudgetBatchSampler,
     PretrainingCollator,
     SpidRAudioDataset,
-    Utterance,
     is_empty_batch,
     load_training_index,
-    write_manifest,
 )
-from .masking import compute_span_mask, num_frames
+from .masking import compute_span_mask
 from .recipe import BUILTIN_RECIPES, TriStageSchedule, load_pretraining_model, load_recipe
 from .trainer import SpidRPretrainer, SpidRTeacherCallback, pretraining_param_groups
 
@@ -34,14 +32,11 @@ __all__ = [
     "SpidRTeacherCallback",
     "SpidRTrainingArguments",
     "TriStageSchedule",
-    "Utterance",
     "compute_span_mask",
     "is_empty_batch",
     "load_pretraining_model",
     "load_recipe",
     "load_training_index",
-    "num_frames",
     "parse_pretraining_args",
     "pretraining_param_groups",
-    "write_manifest",
 ]

@@ -8,59 +8,38 @@ Pipeline (one utterance = one audio file, or one row of a ``datasets.Dataset``):
     collator = PretrainingCollator(seed=0)           # crop to shortest, standardise, span masks
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, num_workers=8)
 
-Sources accepted by :func:`load_training_index`:
-
-* a folder: every ``.wav``/``.flac``/``.mp3``/``.ogg`` file below it (recursive, sorted); lengths
-  come from the file headers (``soundfile.info``).
-* a CSV manifest (``.csv``, with a header) or a JSONL manifest (``.jsonl``/``.json``, one object per
-  line): a ``path`` column, optional ``num_samples`` and optional ``sampling_rate``.
-  ``num_samples`` counts samples at the *training* rate (16 kHz), unless a ``sampling_rate`` column
-  gives the file's rate, in which case it is converted. Rows without ``num_samples`` are read
-  from the file header. Relative paths are relative to the manifest's folder.
-* a fairseq manifest (``.tsv``): first line a root folder (relative roots are relative to the
-  manifest's folder), then ``relative/path<TAB>num_samples`` per line, lengths counted at 16 kHz
-  as in fairseq.
-* a ``datasets.Dataset`` (map-style, not streaming) with an audio column: an ``Audio`` feature is
-  read undecoded (``{"bytes", "path"}``) and decoded here with soundfile (``datasets`` >= 4 would
-  otherwise need ``torchcodec``); a column of ``{"array", "sampling_rate"}`` dicts is used as is
-  (2-D arrays are ``(channels, frames)``). Lengths come from the headers / arrays.
-
-Utterances shorter than ``min_samples`` (2,000 at 16 kHz) are dropped when indexing, with a
-logged count; files whose header cannot be read are dropped and logged too (or raise with
-``strict=True``).
+:func:`load_training_index` takes a folder, a manifest (``.csv``, ``.jsonl``, fairseq ``.tsv``) or
+a ``datasets.Dataset``, read as :mod:`spidr_hf.sources` describes. Utterances shorter than
+``min_samples`` (2,000 at 16 kHz) are dropped when indexing, with a logged count; files whose
+header cannot be read are dropped and logged too (or raise with ``strict=True``).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from itertools import cycle, islice
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import soundfile as sf
 import torch
+from spidr_hf.modeling import DEFAULT_CONV_KERNEL, DEFAULT_CONV_STRIDE, FrameGeometry
 from torch.utils.data import Dataset, Sampler
 
-from spidr_hf.audio import (
-    SAMPLING_RATE,
-    AudioDecodeError,
-    find_audio_files,
-    load_audio,
-    resample,
-    resampled_length,
-    standardize,
-    to_mono,
+from spidr_hf.audio import AudioDecodeError, standardize
+from spidr_hf.sources import (
+    AudioInputs,
+    AudioItem,
+    dataset_items,
+    folder_items,
+    is_hf_dataset,
+    manifest_items,
+    prepare_hf_dataset,
 )
 
-from .masking import DEFAULT_CONV_KERNEL, DEFAULT_CONV_STRIDE, compute_span_mask, num_frames
+from .masking import compute_span_mask
 
 logger = logging.getLogger(__name__)
 
@@ -74,202 +53,24 @@ REFERENCE_MAX_BATCH_SAMPLES = 3_800_000
 """The SpidR recipe's budget of audio samples per GPU per step."""
 
 
-@dataclass(frozen=True)
-class Utterance:
-    """One training utterance: where to read it and how long it is at the training rate."""
-
-    source: str | int
-    """An audio file path, or a row of the ``datasets.Dataset`` the index was built from."""
-    num_samples: int
-    """Length in samples once resampled to the training rate."""
-
-
 # ---------------------------------------------------------------------------------------------
 # Indexing
 
 
-def _header_length(path: str, sampling_rate: int) -> int:
-    """Length of an audio file at ``sampling_rate``, from its header only."""
-    try:
-        info = sf.info(path)
-    except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
-        raise AudioDecodeError(f"cannot read the header of audio file {path}: {err}") from err
-    return resampled_length(info.frames, info.samplerate, sampling_rate)
+def _index_source(source: str | os.PathLike | Any, audio_column: str) -> AudioInputs:
+    """The items of one training source, in source order (lengths where a manifest gives them)."""
+    if is_hf_dataset(source):
+        dataset = prepare_hf_dataset(source, audio_column)
+        return AudioInputs(dataset_items(dataset, audio_column), {"": dataset}, audio_column)
+    path = Path(source)
+    if path.is_dir():
+        return AudioInputs(folder_items(path))
+    if path.is_file():
+        return AudioInputs(manifest_items(path))
+    raise FileNotFoundError(f"training data source {path} is neither a folder nor a manifest file.")
 
 
-def _probe_files(paths: Sequence[str], sampling_rate: int, strict: bool, num_threads: int) -> list[Utterance]:
-    """Utterances for ``paths`` with lengths from their headers; unreadable ones dropped (or raised)."""
-
-    def probe(path: str) -> Utterance | AudioDecodeError:
-        try:
-            return Utterance(path, _header_length(path, sampling_rate))
-        except AudioDecodeError as err:
-            return err
-
-    # header reads are I/O bound: threads overlap them
-    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
-        results = list(pool.map(probe, paths))
-    errors = [r for r in results if isinstance(r, AudioDecodeError)]
-    if errors and strict:
-        raise errors[0]
-    if errors:
-        logger.warning("dropped %d unreadable audio file(s) while indexing, e.g. %s", len(errors), errors[0])
-    return [r for r in results if isinstance(r, Utterance)]
-
-
-@dataclass
-class _ManifestRow:
-    """One manifest line: a path, and a length (with the rate it is counted at) when given."""
-
-    path: str
-    num_samples: int | None = None
-    sampling_rate: int | None = None
-
-
-def _optional_int(value: Any) -> int | None:
-    """``None`` for a missing/empty manifest field, else the integer it holds."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    return int(value)
-
-
-def _resolve(path: str, base: Path) -> str:
-    """``path`` as is when absolute, else relative to ``base``."""
-    return str(Path(path) if os.path.isabs(path) else base / path)
-
-
-def _row_from_mapping(record: Mapping[str, Any], base: Path, where: str) -> _ManifestRow:
-    """A manifest row from a CSV/JSONL record with a ``path`` and optional length fields."""
-    if not record.get("path"):
-        raise ValueError(f"{where}: missing 'path'.")
-    return _ManifestRow(
-        _resolve(str(record["path"]), base),
-        _optional_int(record.get("num_samples")),
-        _optional_int(record.get("sampling_rate")),
-    )
-
-
-def _read_csv(path: Path) -> list[_ManifestRow]:
-    """Rows of a CSV manifest with a header holding at least ``path``."""
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "path" not in reader.fieldnames:
-            raise ValueError(
-                f"CSV manifest {path} needs a header with a 'path' column, got {reader.fieldnames}."
-            )
-        return [_row_from_mapping(r, path.parent, f"{path}:{i + 2}") for i, r in enumerate(reader)]
-
-
-def _read_jsonl(path: Path) -> list[_ManifestRow]:
-    """Rows of a JSONL manifest: one JSON object per non-empty line."""
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                rows.append(_row_from_mapping(json.loads(line), path.parent, f"{path}:{number}"))
-    return rows
-
-
-def _read_fairseq_tsv(path: Path) -> list[_ManifestRow]:
-    """Rows of a fairseq manifest: a root folder line, then ``relpath<TAB>num_samples`` lines."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if not lines:
-        raise ValueError(f"fairseq manifest {path} is empty (its first line must be the root folder).")
-    root = Path(_resolve(lines[0].strip(), path.parent))
-    rows = []
-    for line in lines[1:]:
-        if line.strip():
-            fields = line.rstrip("\n").split("\t")
-            length = _optional_int(fields[1]) if len(fields) > 1 else None
-            rows.append(
-                _ManifestRow(str(root / fields[0]), length, SAMPLING_RATE if length is not None else None)
-            )
-    return rows
-
-
-def read_manifest(path: str | os.PathLike) -> list[_ManifestRow]:
-    """Parse a ``.csv``, ``.jsonl``/``.json`` (JSON lines) or fairseq ``.tsv`` manifest."""
-    path = Path(path)
-    readers = {".csv": _read_csv, ".jsonl": _read_jsonl, ".json": _read_jsonl, ".tsv": _read_fairseq_tsv}
-    reader = readers.get(path.suffix.lower())
-    if reader is None:
-        raise ValueError(
-            f"unknown manifest type {path.suffix!r} for {path}: use .csv, .jsonl or a fairseq .tsv."
-        )
-    return reader(path)
-
-
-def _index_manifest(path: Path, sampling_rate: int, strict: bool, num_threads: int) -> list[Utterance]:
-    """Utterances of a manifest; rows without a length are read from the file header."""
-    rows = read_manifest(path)
-    missing = sorted({r.path for r in rows if r.num_samples is None})
-    probed = {u.source: u.num_samples for u in _probe_files(missing, sampling_rate, strict, num_threads)}
-    utterances = []
-    for row in rows:
-        if row.num_samples is not None:
-            # without a sampling_rate column, lengths are counted at the training rate
-            rate = row.sampling_rate or sampling_rate
-            utterances.append(Utterance(row.path, resampled_length(row.num_samples, rate, sampling_rate)))
-        elif row.path in probed:  # else unreadable: dropped (and logged) by _probe_files
-            utterances.append(Utterance(row.path, probed[row.path]))
-    return utterances
-
-
-def _is_hf_dataset(source: Any) -> bool:
-    """Whether ``source`` is a ``datasets`` object (checked without importing ``datasets``)."""
-    return type(source).__module__.split(".")[0] == "datasets"
-
-
-def prepare_hf_dataset(dataset: Any, audio_column: str = "audio") -> Any:
-    """Check a ``datasets.Dataset`` and make its ``Audio`` column yield undecoded ``{"bytes", "path"}``."""
-    import datasets  # optional dependency: only needed for this source
-
-    if not isinstance(dataset, datasets.Dataset):
-        raise TypeError(
-            f"expected a map-style datasets.Dataset (streaming is not supported), got {type(dataset).__name__}."
-        )
-    if audio_column not in dataset.column_names:
-        raise ValueError(
-            f"the dataset has no column {audio_column!r}; its columns are {dataset.column_names}."
-        )
-    feature = dataset.features[audio_column]
-    if isinstance(feature, datasets.Audio) and feature.decode:
-        # datasets >= 4 decodes Audio with torchcodec; soundfile decodes the raw bytes instead
-        dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
-    return dataset
-
-
-def _hf_value_length(value: Mapping[str, Any], sampling_rate: int) -> int:
-    """Length at ``sampling_rate`` of one audio cell (encoded bytes/path, or a decoded array)."""
-    if "array" in value:
-        array = np.asarray(value["array"])
-        return resampled_length(array.shape[-1], int(value["sampling_rate"]), sampling_rate)
-    source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
-    if source is None:
-        raise AudioDecodeError("audio cell has neither bytes nor a path.")
-    try:
-        info = sf.info(source)
-    except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
-        raise AudioDecodeError(f"cannot read the audio header: {err}") from err
-    return resampled_length(info.frames, info.samplerate, sampling_rate)
-
-
-def _index_hf_dataset(dataset: Any, audio_column: str, sampling_rate: int, strict: bool) -> list[Utterance]:
-    """Utterances (row numbers) of a prepared ``datasets.Dataset``, unreadable rows dropped."""
-    utterances, failures = [], 0
-    for row, value in enumerate(dataset[audio_column]):
-        try:
-            utterances.append(Utterance(row, _hf_value_length(value, sampling_rate)))
-        except AudioDecodeError as err:
-            if strict:
-                raise AudioDecodeError(f"row {row} of the dataset: {err}") from err
-            failures += 1
-    if failures:
-        logger.warning("dropped %d dataset row(s) whose audio cannot be read while indexing", failures)
-    return utterances
-
-
-def _drop_short(utterances: list[Utterance], min_samples: int) -> list[Utterance]:
+def _drop_short(utterances: list[AudioItem], min_samples: int) -> list[AudioItem]:
     """Remove utterances shorter than ``min_samples``, logging how many."""
     kept = [u for u in utterances if u.num_samples >= min_samples]
     if len(kept) < len(utterances):
@@ -282,52 +83,31 @@ def _drop_short(utterances: list[Utterance], min_samples: int) -> list[Utterance
 def load_training_index(
     source: str | os.PathLike | Any,
     *,
-    sampling_rate: int = SAMPLING_RATE,
     min_samples: int = MIN_SAMPLES,
     audio_column: str = "audio",
     strict: bool = False,
     num_threads: int = 8,
-) -> list[Utterance]:
+) -> list[AudioItem]:
     """Index the utterances of a folder, a manifest or a ``datasets.Dataset`` (see the module docs).
 
     Args:
         source: a folder, a ``.csv``/``.jsonl``/``.tsv`` manifest, or a ``datasets.Dataset``.
-        sampling_rate: the training rate the lengths are counted at.
         min_samples: shorter utterances are dropped (the count is logged).
         audio_column: the audio column of a ``datasets.Dataset``.
         strict: raise on the first unreadable file instead of dropping it with a warning.
         num_threads: threads reading file headers.
 
     Returns:
-        The kept utterances in source order (folders: sorted paths; datasets: row numbers).
+        The kept utterances in source order (folders: sorted paths; datasets: row numbers), with
+        their lengths at 16 kHz.
     """
-    if _is_hf_dataset(source):
-        utterances = _index_hf_dataset(
-            prepare_hf_dataset(source, audio_column), audio_column, sampling_rate, strict
-        )
-    else:
-        path = Path(source)
-        if path.is_dir():
-            files = [str(p) for p in find_audio_files(path)]
-            utterances = _probe_files(files, sampling_rate, strict, num_threads)
-        elif path.is_file():
-            utterances = _index_manifest(path, sampling_rate, strict, num_threads)
-        else:
-            raise FileNotFoundError(f"training data source {path} is neither a folder nor a manifest file.")
-    return _drop_short(utterances, min_samples)
-
-
-def write_manifest(utterances: Sequence[Utterance], path: str | os.PathLike) -> None:
-    """Save file utterances as a CSV manifest (``path,num_samples`` at the training rate).
-
-    Indexing a large folder reads every header; saving the index lets later runs skip that.
-    """
-    if any(not isinstance(u.source, str) for u in utterances):
-        raise ValueError("only utterances read from files can be written to a manifest.")
-    with Path(path).open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "num_samples"])
-        writer.writerows((os.path.abspath(u.source), u.num_samples) for u in utterances)
+    probed, errors = _index_source(source, audio_column).probe_lengths(num_threads)
+    if errors and strict:
+        raise errors[0][1]
+    if errors:
+        what = "dataset row(s)" if isinstance(errors[0][0].source, int) else "audio file(s)"
+        logger.warning("dropped %d unreadable %s while indexing, e.g. %s", len(errors), what, errors[0][1])
+    return _drop_short([item for item in probed.items if item.num_samples is not None], min_samples)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,7 +123,7 @@ def random_crop(wave: np.ndarray, max_samples: int, rng: np.random.Generator) ->
 
 
 class SpidRAudioDataset(Dataset):
-    """Utterances decoded at 16 kHz, randomly cropped to at most ``max_samples``, standardised.
+    """Utterances decoded at 16 kHz (:mod:`spidr_hf.sources`), randomly cropped to at most ``max_samples``, standardised.
 
     ``dataset[i]`` returns ``{"input_values": float32 tensor (L,), "index": i, "epoch": e}``, or
     ``None`` when the utterance cannot be decoded (or decodes shorter than ``min_samples``): a
@@ -360,11 +140,10 @@ class SpidRAudioDataset(Dataset):
 
     def __init__(
         self,
-        utterances: Sequence[Utterance],
+        utterances: Sequence[AudioItem],
         *,
         hf_dataset: Any = None,
         audio_column: str = "audio",
-        sampling_rate: int = SAMPLING_RATE,
         min_samples: int = MIN_SAMPLES,
         max_samples: int = MAX_SAMPLES,
         seed: int = 0,
@@ -376,9 +155,8 @@ class SpidRAudioDataset(Dataset):
         if hf_dataset is None and any(isinstance(u.source, int) for u in utterances):
             raise ValueError("utterances index rows of a datasets.Dataset: pass it as hf_dataset.")
         self.utterances = list(utterances)
-        self.hf_dataset = prepare_hf_dataset(hf_dataset, audio_column) if hf_dataset is not None else None
-        self.audio_column = audio_column
-        self.sampling_rate = sampling_rate
+        datasets = {"": prepare_hf_dataset(hf_dataset, audio_column)} if hf_dataset is not None else {}
+        self.audio = AudioInputs(self.utterances, datasets, audio_column)
         self.min_samples = min_samples
         self.max_samples = max_samples
         self.seed = seed
@@ -393,7 +171,6 @@ class SpidRAudioDataset(Dataset):
         cls,
         source: str | os.PathLike | Any,
         *,
-        sampling_rate: int = SAMPLING_RATE,
         min_samples: int = MIN_SAMPLES,
         max_samples: int = MAX_SAMPLES,
         seed: int = 0,
@@ -405,7 +182,6 @@ class SpidRAudioDataset(Dataset):
         """Index ``source`` with :func:`load_training_index` and wrap it in a dataset."""
         utterances = load_training_index(
             source,
-            sampling_rate=sampling_rate,
             min_samples=min_samples,
             audio_column=audio_column,
             strict=strict,
@@ -413,9 +189,8 @@ class SpidRAudioDataset(Dataset):
         )
         return cls(
             utterances,
-            hf_dataset=source if _is_hf_dataset(source) else None,
+            hf_dataset=source if is_hf_dataset(source) else None,
             audio_column=audio_column,
-            sampling_rate=sampling_rate,
             min_samples=min_samples,
             max_samples=max_samples,
             seed=seed,
@@ -425,7 +200,7 @@ class SpidRAudioDataset(Dataset):
 
     @property
     def lengths(self) -> list[int]:
-        """Indexed length of every utterance at the training rate (for the batch sampler)."""
+        """Indexed length of every utterance at 16 kHz (for the batch sampler)."""
         return [u.num_samples for u in self.utterances]
 
     def __len__(self) -> int:
@@ -435,34 +210,15 @@ class SpidRAudioDataset(Dataset):
         """Set the epoch used for crops when keys are plain indices."""
         self.epoch = int(epoch)
 
-    def _decode_file(self, path: str, start: int, stop: int | None) -> np.ndarray:
-        """Decode samples ``[start, stop)`` (at the training rate) of an audio file."""
-        return load_audio(path, self.sampling_rate, self.mono, start=start, stop=stop)
-
-    def _decode_row(self, row: int) -> np.ndarray:
-        """Decode the audio cell of one ``datasets`` row to a mono waveform at the training rate."""
-        value = self.hf_dataset[row][self.audio_column]
-        if "array" not in value:
-            source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
-            if source is None:
-                raise AudioDecodeError(f"row {row}: the audio cell has neither bytes nor a path.")
-            return load_audio(source, self.sampling_rate, self.mono)
-        array = np.asarray(value["array"], dtype=np.float32)
-        # datasets stores multi-channel arrays as (channels, frames)
-        wave = to_mono(array.T if array.ndim == 2 else array, self.mono, name=f"row {row}")
-        return resample(wave, int(value["sampling_rate"]), self.sampling_rate)
-
-    def _decode(self, utterance: Utterance, rng: np.random.Generator) -> np.ndarray:
+    def _decode(self, utterance: AudioItem, rng: np.random.Generator) -> np.ndarray:
         """Decode an utterance, reading only a random ``max_samples`` window of long files."""
-        if isinstance(utterance.source, int):
-            return random_crop(self._decode_row(utterance.source), self.max_samples, rng)
-        if utterance.num_samples > self.max_samples:
+        if isinstance(utterance.source, str) and utterance.num_samples > self.max_samples:
             start = int(rng.integers(0, utterance.num_samples - self.max_samples + 1))
-            return self._decode_file(utterance.source, start, start + self.max_samples)
-        # the header may under-report (e.g. VBR MP3): crop again after decoding
-        return random_crop(self._decode_file(utterance.source, 0, None), self.max_samples, rng)
+            return self.audio.decode(utterance, mono=self.mono, start=start, stop=start + self.max_samples)
+        # dataset rows decode whole; a file header may under-report (e.g. VBR MP3): crop after decoding
+        return random_crop(self.audio.decode(utterance, mono=self.mono), self.max_samples, rng)
 
-    def _skip(self, utterance: Utterance, error: Exception) -> None:
+    def _skip(self, utterance: AudioItem, error: Exception) -> None:
         """Record an unusable utterance: raise when strict, else warn once per source."""
         if self.strict:
             raise AudioDecodeError(f"utterance {utterance.source}: {error}") from error
@@ -748,7 +504,7 @@ class PretrainingCollator:
         generator = _batch_generator(self.seed, kept, fallback=self._calls)
         length = min(len(item["input_values"]) for item in kept)
         waves = [self._crop_and_standardize(item["input_values"], length, generator) for item in kept]
-        frames = num_frames(length, self.conv_kernel, self.conv_stride)
+        frames = FrameGeometry(self.conv_kernel, self.conv_stride).num_frames(length)
         mask = compute_span_mask(
             (len(kept), frames), self.mask_prob, self.mask_length, self.min_masks, generator=generator
         )

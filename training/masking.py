@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from spidr_hf.audio import DEFAULT_CONV_KERNEL, DEFAULT_CONV_STRIDE, num_frames
-
-__all__ = ["DEFAULT_CONV_KERNEL", "DEFAULT_CONV_STRIDE", "compute_span_mask", "num_frames"]
+__all__ = ["compute_span_mask"]
 
 
 def _validate(mask_prob: float, mask_length: int, min_masks: int) -> None:

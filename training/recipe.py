@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spidr_hf import SpidRConfig, SpidRForPreTraining
+from spidr_hf.modeling import SAMPLING_RATE, SpidRConfig, SpidRForPreTraining
 
 BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
     # The paper's recipe: exactly the defaults of SpidRTrainingArguments (400k steps, 3.8M samples per GPU).
@@ -170,7 +170,7 @@ def _flatten_tables(values: dict[str, Any], where: str) -> dict[str, Any]:
 _DICT_FIELDS = {"lr_scheduler_kwargs", "accelerator_config", "fsdp_config", "deepspeed", "activation_checkpointing_kwargs"}
 
 
-def hours_of_audio(num_samples: int, sampling_rate: int = 16_000) -> float:
+def hours_of_audio(num_samples: int, sampling_rate: int = SAMPLING_RATE) -> float:
     """`num_samples` at `sampling_rate` in hours."""
     return num_samples / sampling_rate / 3600
 

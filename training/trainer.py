@@ -39,14 +39,15 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Sampler
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import seed_worker
 from transformers.training_args import ParallelMode
 
 from spidr_hf.model_dir import save_pretrained_with_code, write_model_card
+from spidr_hf.progress import progress_bar
 
 from .arguments import SpidRTrainingArguments
 from .data import LengthBudgetBatchSampler, PretrainingCollator, SpidRAudioDataset, is_empty_batch
-from .masking import num_frames
 from .recipe import format_hours, hours_of_audio
 
 logger = logging.getLogger(__name__)
@@ -143,6 +144,15 @@ class SpidRTeacherCallback(TrainerCallback):
         self.last_ema_decay = model.ema_step()
         if self._ema_steps is not None:
             self._ema_steps += 1
+
+
+class PretrainingProgress(ProgressCallback):
+    """The Trainer's progress bar under the package's policy (:mod:`spidr_hf.progress`): a line every few percent in a log."""
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if state.is_world_process_zero:
+            self.training_bar = progress_bar(state.max_steps, desc="pretrain", unit="step", dynamic_ncols=True)
+        self.current_step = 0
 
 
 # ---------------------------------------------------------------------------------- data loading
@@ -254,6 +264,8 @@ class SpidRPretrainer(Trainer):
         super().__init__(
             model=model, args=args, train_dataset=train_dataset, data_collator=data_collator, callbacks=callbacks, **kwargs
         )
+        if self.pop_callback(ProgressCallback) is not None:
+            self.add_callback(PretrainingProgress())
         self.metrics = PretrainingMetrics()
 
     # ------------------------------------------------------------------ data
@@ -341,7 +353,7 @@ class SpidRPretrainer(Trainer):
         length = config.receptive_field + config.inputs_to_logits_ratio * 2 * self.args.mask_length
         generator = torch.Generator().manual_seed(0)
         waves = torch.randn(1, length, generator=generator).to(self.args.device)
-        mask = torch.ones(1, num_frames(length, config.conv_kernel, config.conv_stride), dtype=torch.bool)
+        mask = torch.ones(1, config.frame_geometry.num_frames(length), dtype=torch.bool)
         was_training = model.training
         model.eval()
         try:
@@ -502,6 +514,7 @@ class PretrainingMetrics:
 
 __all__ = [
     "EpochDataLoader",
+    "PretrainingProgress",
     "FixedLengthEpochs",
     "PretrainingMetrics",
     "SpidRPretrainer",

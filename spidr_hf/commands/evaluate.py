@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from spidr_hf import evaluation as ev
+from spidr_hf.commands import CommandParser, apply_output_flags, command
 
 DESCRIPTION = "unit quality against phone alignments (purity, PNMI, perplexity, bitrate) and ABX"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog="spidr-hf evaluate",
         description=DESCRIPTION
         + ". Writes OUTPUT_DIR/metrics.json, phone_unit_matrix.png and codebook_usage.png, and prints a table.",
@@ -57,16 +59,12 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 
 def _phone_order(args: argparse.Namespace) -> list[str] | None:
-    from spidr_hf.evaluation import read_phone_inventory
-
     path = args.phones or args.alignments.parent / "phones.txt"
-    return read_phone_inventory(path) if path.is_file() else None
+    return ev.read_phone_inventory(path) if path.is_file() else None
 
 
 def unit_metrics(args: argparse.Namespace) -> dict:
     """Unit metrics of --units against --alignments, with the two plots written to --output-dir."""
-    from spidr_hf import evaluation as ev
-
     pairs = ev.pair_frames(ev.read_alignments(args.alignments), ev.read_units(args.units))
     frames = ev.count_frames(
         pairs,
@@ -86,31 +84,28 @@ def unit_metrics(args: argparse.Namespace) -> dict:
     return metrics
 
 
+# bad inputs exit with status 1, as this command always has
+@command("evaluate", user_errors=(ValueError, ImportError, FileNotFoundError), exit_status=1)
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)
-    from spidr_hf import evaluation as ev
-
+    apply_output_flags(args)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     metrics: dict = {}
-    try:
-        if args.alignments is not None:
-            metrics.update(unit_metrics(args))
-        if args.abx_item is not None:
-            metrics.update(
-                ev.abx_error_rates(
-                    args.abx_item,
-                    args.features,
-                    extension=args.features_extension,
-                    feature_key=args.feature_key,
-                    distance=args.abx_distance,
-                    device=args.device,
-                )
+    if args.alignments is not None:
+        metrics.update(unit_metrics(args))
+    if args.abx_item is not None:
+        metrics.update(
+            ev.abx_error_rates(
+                args.abx_item,
+                args.features,
+                extension=args.features_extension,
+                feature_key=args.feature_key,
+                distance=args.abx_distance,
+                device=args.device,
             )
-    except (ValueError, ImportError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        )
     (args.output_dir / "metrics.json").write_text(json.dumps(ev.json_ready(metrics), indent=2) + "\n")
     print(ev.format_table(metrics))
     print(f"-> {args.output_dir / 'metrics.json'}")

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import sys
 
-from spidr_hf.commands import model_and_audio_parser
+from spidr_hf.commands import apply_output_flags, command, model_and_audio_parser
+from spidr_hf.errors import UsageError
+from spidr_hf.extract import ExtractionOptions, extract
 
 DESCRIPTION = "extract features or discrete units of audio files with a SpidR model"
 
 EPILOG = """\
 examples:
-  spidr-hf extract MODEL audio/ --output-dir feats --layers 6 --representation before_residual --fp16
+  spidr-hf extract MODEL audio/ --output-dir feats --layers 6 --representation before_residual --store-dtype fp16
   spidr-hf extract MODEL train.tsv --output-dir units --units head --layer 6
   spidr-hf extract MODEL ds/ --output-dir units --units kmeans --layer 6      (MODEL/kmeans_layer6_k*.safetensors)
   accelerate launch --num_processes 8 -m spidr_hf.cli extract MODEL audio/ --output-dir feats
@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--representation", choices=["hidden_state", "before_residual"], default="hidden_state",
                       help="post-LayerNorm layer output, or the FFN output before the residual (the paper's)")  # fmt: skip
     what.add_argument("--format", dest="output_format", choices=["safetensors", "npy"], default="safetensors")
-    what.add_argument("--fp16", action="store_true", help="store features as float16")
+    what.add_argument("--store-dtype", choices=["fp32", "fp16"], default="fp32", help="dtype of the stored features")
+    what.add_argument("--fp16", dest="store_dtype", action="store_const", const="fp16", help="--store-dtype fp16")
 
     units = parser.add_argument_group("units (one JSON line per file in OUT/units.jsonl)")
     units.add_argument(
@@ -75,7 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--audio-column", default="audio", help="audio column of saved datasets")
     run.add_argument("--strict", action="store_true", help="stop at the first bad file")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -92,17 +92,15 @@ def _launcher_shard_and_device(args: argparse.Namespace) -> tuple[tuple[int, int
     return shard, device
 
 
+@command("extract", user_errors=(FileNotFoundError, ValueError))  # bad inputs or options: nothing was extracted
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.units and args.layers:
         parser.error("--layers selects feature layers; with --units give --layer")
     if args.units in ("head", "codeword") and args.layer is None:
         parser.error(f"--units {args.units} needs --layer (a codebook layer)")
-
-    from spidr_hf.extract import ExtractionOptions, extract
-
+    apply_output_flags(args)
     shard, device = _launcher_shard_and_device(args)
     options = ExtractionOptions(
         output_dir=args.output_dir,
@@ -112,7 +110,7 @@ def main(argv: list[str]) -> int:
         unit_layer=args.layer,
         kmeans=args.kmeans,
         output_format=args.output_format,
-        fp16=args.fp16,
+        store_dtype=args.store_dtype,
         device=device,
         dtype=args.dtype,
         max_batch_samples=args.max_batch_samples,
@@ -122,16 +120,12 @@ def main(argv: list[str]) -> int:
         num_workers=args.num_workers,
         shard=shard,
         strict=args.strict,
-        progress=not args.no_progress,
+        progress=not args.quiet,
         audio_column=args.audio_column,
     )
     try:
         report = extract(args.model_dir, args.inputs, options)
-    except (FileNotFoundError, ValueError) as err:  # bad inputs or options: nothing was extracted
-        print(f"spidr-hf extract: error: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:  # --strict stops at the first failure
-        print(f"spidr-hf extract: {err}", file=sys.stderr)
-        return 1
+    except RuntimeError as err:  # --strict stops at the first failure: the run failed (status 1)
+        raise UsageError(str(err), exit_status=1) from err
     print(report.summary())
     return 1 if report.all_failed else 0

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 
-from spidr_hf.commands import model_and_audio_parser
+from spidr_hf.commands import apply_output_flags, command, model_and_audio_parser
+from spidr_hf.extract import load_model, sample_frames
+from spidr_hf.sources import collect_inputs
+from spidr_hf.units import KMeansQuantizer
 
 DESCRIPTION = "fit k-means units on one layer's features and save them with the model"
 
@@ -42,22 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("fit-kmeans", user_errors=(FileNotFoundError, ValueError))
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-
-    from spidr_hf.extract import collect_inputs, load_model, sample_frames
-    from spidr_hf.units import KMeansQuantizer
-
-    try:
-        model = load_model(args.model_dir, args.device)
-        frames = sample_frames(model, collect_inputs(args.inputs, args.audio_column), args.layer,
-                               args.representation, max_frames=args.max_frames, seed=args.seed)  # fmt: skip
-        quantizer = KMeansQuantizer.fit(frames.to(model.device), args.clusters, args.layer, args.representation,
-                                        max_iter=args.max_iter, seed=args.seed)  # fmt: skip
-    except (FileNotFoundError, ValueError) as err:
-        print(f"spidr-hf fit-kmeans: error: {err}", file=sys.stderr)
-        return 2
+    apply_output_flags(args)
+    model = load_model(args.model_dir, args.device)
+    frames = sample_frames(model, collect_inputs(args.inputs, args.audio_column), args.layer,
+                           args.representation, max_frames=args.max_frames, seed=args.seed)  # fmt: skip
+    quantizer = KMeansQuantizer.fit(frames.to(model.device), args.clusters, args.layer, args.representation,
+                                    max_iter=args.max_iter, seed=args.seed)  # fmt: skip
     path = quantizer.save_pretrained(args.output_dir or args.model_dir)
     info = quantizer.info
     print(f"k-means, k={quantizer.k}, layer {args.layer} ({args.representation}): {info['num_frames']} frames, "

@@ -1,35 +1,45 @@
 """`spidr-hf pretrain`: SpidR pretraining with the transformers Trainer.
 
 Every field of `SpidRTrainingArguments` (the recipe's numbers and all of transformers'
-`TrainingArguments`) is a flag; `--recipe FILE` (TOML/JSON, or a built-in name) sets many at once
-and the other flags override it. Examples::
+`TrainingArguments`) is a flag, kebab-case (`--train-data`) or snake_case (`--train_data`);
+`--recipe FILE` (TOML/JSON, or a built-in name) sets many at once and the other flags override it.
+`--quiet` (no progress bar, warnings only) and `--debug` (tracebacks) work as in every command.
+Examples::
 
-    spidr-hf pretrain --recipe tiny_cpu --train_data audio/ --output_dir runs/tiny
-    torchrun --nproc_per_node 8 -m spidr_hf.cli pretrain --train_data manifest.tsv --output_dir runs/base
-    spidr-hf pretrain --train_data audio/ --output_dir runs/base --resume_from_checkpoint last
+    spidr-hf pretrain --recipe tiny_cpu --train-data audio/ --output-dir runs/tiny
+    torchrun --nproc_per_node 8 -m spidr_hf.cli pretrain --train-data manifest.tsv --output-dir runs/base
+    spidr-hf pretrain --train-data audio/ --output-dir runs/base --resume-from-checkpoint last
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
-import sys
+
+from spidr_hf.commands import add_output_flags, apply_output_flags, command, kebab_case_flags
+from spidr_hf.errors import UsageError
 
 DESCRIPTION = "pretrain SpidR on a folder or manifest of audio (transformers Trainer; torchrun for DDP)"
 
-# values of --resume_from_checkpoint that mean "the last checkpoint in output_dir"
+# values of --resume-from-checkpoint that mean "the last checkpoint in output_dir"
 _LAST_CHECKPOINT = {"last", "true", "True"}
 
 
+@command("pretrain")
 def main(argv: list[str]) -> int:
     from spidr_hf.training import SpidRPretrainer, load_pretraining_model, parse_pretraining_args
 
     if any(flag in argv for flag in ("-h", "--help")):
         print(f"spidr-hf pretrain: {DESCRIPTION}\n\n{__doc__.split(chr(10), 2)[2]}")
-    args = parse_pretraining_args(argv)
-    logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING, format="%(levelname)s %(message)s")
+    output = argparse.ArgumentParser(add_help=False)  # the flags every command takes; the rest are the Trainer's
+    add_output_flags(output)
+    flags, rest = output.parse_known_args(kebab_case_flags(argv))
+    args = parse_pretraining_args(rest)
+    apply_output_flags(flags, level=logging.INFO if args.should_log else logging.WARNING)
+    if flags.quiet:
+        args.disable_tqdm = True
     if args.train_data is None:
-        print("spidr-hf pretrain: error: --train_data (a folder or manifest of audio) is required.", file=sys.stderr)
-        return 2
+        raise UsageError("--train-data (a folder or manifest of audio) is required.")
 
     from transformers import set_seed
 

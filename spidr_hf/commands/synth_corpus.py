@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
-import sys
+from spidr_hf.commands import CommandParser, apply_output_flags, command
+from spidr_hf.synth import DEFAULT_VOICES, EspeakError, synthesize_corpus
 
 DESCRIPTION = "render a phone-aligned synthetic speech corpus with espeak-ng"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from spidr_hf.synth import DEFAULT_VOICES
-
-    parser = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog="spidr-hf synth-corpus",
         description=DESCRIPTION
         + ". Writes OUT/audio/<speaker>/<utt>.wav (16 kHz), manifest.tsv, manifest.jsonl, alignments.jsonl "
@@ -29,27 +26,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="espeak-ng voices, one speaker each, e.g. en-us+f2 (default: %(default)s; list: espeak-ng --voices=en)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a corpus already in OUT")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
+# a missing espeak-ng or a corpus already in OUT exits with status 1, as this command always has
+@command("synth-corpus", user_errors=(EspeakError, FileExistsError, ValueError), exit_status=1)
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from spidr_hf.synth import EspeakError, synthesize_corpus
-
-    try:
-        info = synthesize_corpus(
-            args.out,
-            args.minutes,
-            seed=args.seed,
-            voices=args.voices,
-            progress=not args.quiet,
-            overwrite=args.overwrite,
-        )
-    except (EspeakError, FileExistsError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    apply_output_flags(args)
+    info = synthesize_corpus(
+        args.out,
+        args.minutes,
+        seed=args.seed,
+        voices=args.voices,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
     print(
         f"{len(info.utterances)} utterances, {info.minutes:.2f} min, {len(info.speakers)} speakers, "
         f"{len(info.phones)} phones -> {info.root}"
