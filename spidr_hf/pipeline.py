@@ -1,10 +1,10 @@
 """``pipeline("feature-extraction", model=...)`` for SpidR: raw audio in, frame features out.
 
-Mechanism, and why
-------------------
+Registration, and why this way
+------------------------------
 transformers resolves a task to one pipeline class through ``PIPELINE_REGISTRY`` (the
-``SUPPORTED_TASKS`` table) *before* it knows the model, and "feature-extraction" is the
-text pipeline: it loads a tokenizer and tokenizes its input. The alternatives were weighed:
+``SUPPORTED_TASKS`` table) *before* it knows the model, and "feature-extraction" is the text
+pipeline: it loads a tokenizer and tokenizes its input. The alternatives were weighed:
 
 * ``pipeline_class=SpidRFeatureExtractionPipeline`` works, but every caller must know it;
 * ``custom_pipelines`` in the model's ``config.json`` makes ``pipeline()`` import the class
@@ -13,22 +13,22 @@ text pipeline: it loads a tokenizer and tokenizes its input. The alternatives we
 * replacing ``transformers.pipeline`` (a monkey-patch) misses every ``from transformers import
   pipeline`` done before ``import spidr_hf``.
 
-So :func:`register_pipelines` swaps the registry entry's ``impl`` (and nothing else: the
-default model, model classes and task type stay) for :class:`FeatureExtractionDispatcher`, a
-tiny class whose ``__new__`` looks at the model that ``pipeline()`` hands it and builds
+So :func:`register_pipelines` swaps the registry entry's ``impl`` (and nothing else: the default
+model, model classes and task type stay) for :class:`FeatureExtractionDispatcher`. For every model
+that is not a SpidR model it is the class it replaced, to the letter:
 
-* a :class:`SpidRFeatureExtractionPipeline` when ``model.config.model_type == "spidr"``;
-* otherwise the class that was registered before (transformers' own
-  ``FeatureExtractionPipeline``), with exactly the arguments ``pipeline()`` gave, so text
-  models get the very same object as without spidr_hf.
+* its component flags are that class's. ``pipeline()`` reads them (``_load_tokenizer`` ...) after
+  it has loaded the model, so the tokenizer flag is a property of the dispatcher's metaclass that
+  looks at the model ``pipeline()`` holds: optional for a SpidR model (a speech checkpoint has no
+  tokenizer), the replaced class's own otherwise. A text model whose tokenizer cannot be loaded
+  therefore fails exactly as without spidr_hf, with transformers' own error (tested);
+* its ``__new__`` builds a :class:`SpidRFeatureExtractionPipeline` for a SpidR model
+  (``model.config.model_type == "spidr"``) and otherwise the replaced class with exactly the
+  arguments ``pipeline()`` gave, so text models get the very same object.
 
-The only thing the dispatcher cannot keep identical is the tokenizer flag, which
-``pipeline()`` reads from the class before it knows the model: it is "optional" (``None``)
-instead of "required" (``True``), because a speech checkpoint has no tokenizer. A text model
-whose tokenizer fails to load therefore gets the dispatcher's ``ValueError`` (naming the
-model) instead of the loader's exception. The registry is updated in place rather than
-through ``PIPELINE_REGISTRY.register_pipeline`` because that method warns on overwrite and
-tags the class for ``custom_pipelines`` export, neither of which applies to a dispatcher.
+The registry is updated in place rather than through ``PIPELINE_REGISTRY.register_pipeline``
+because that method warns on overwrite and tags the class for ``custom_pipelines`` export, neither
+of which applies to a dispatcher.
 
 Output
 ------
@@ -42,7 +42,7 @@ carry the input count, which the list of results already gives. Batched calls
 Inputs: 1-D numpy arrays and torch tensors (at ``sampling_rate=``, default 16 kHz), dicts
 ``{"array" or "raw": samples, "sampling_rate": rate}`` (the ``datasets`` Audio layout; other
 rates are resampled), ``{"bytes": ..., "path": ...}`` (``datasets`` ``Audio(decode=False)``),
-encoded ``bytes``, and file paths, decoded with soundfile through :mod:`spidr_hf.audio` (no
+encoded ``bytes``, and file paths, decoded with soundfile through :mod:`spidr_hf.sources` (no
 ffmpeg needed; multi-channel files are averaged to mono). Options (at construction or per
 call): ``layer`` (1-based; 0 is the transformer input for ``"hidden_state"``; default: the
 last layer) and ``representation`` (``"hidden_state"``, the layer's post-LayerNorm output,
@@ -56,6 +56,7 @@ import importlib
 import io
 import logging
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,7 @@ from transformers.pipelines import SUPPORTED_TASKS
 
 from .audio import load_audio
 from .modeling import SpidRFeatureExtractor
+from .sources import encoded_source
 from .units import layer_features, resolve_layer
 
 logger = logging.getLogger(__name__)
@@ -151,10 +153,8 @@ class SpidRFeatureExtractionPipeline(FeatureExtractionPipeline):
             if "sampling_rate" not in inputs:
                 raise ValueError("An audio dict with 'array' or 'raw' samples needs a 'sampling_rate' key.")
             return samples, int(inputs["sampling_rate"])
-        if inputs.get("bytes") is not None:
-            return load_audio(io.BytesIO(inputs["bytes"]), sampling_rate=target), target
-        if inputs.get("path") is not None:
-            return load_audio(inputs["path"], sampling_rate=target), target
+        if inputs.get("bytes") is not None or inputs.get("path") is not None:
+            return load_audio(encoded_source(inputs), sampling_rate=target), target
         raise ValueError(
             f"An audio dict needs 'array' (or 'raw') and 'sampling_rate', or 'bytes', or 'path'; got keys {sorted(inputs)}."
         )
@@ -207,26 +207,30 @@ def is_spidr_model(model: Any) -> bool:
     return getattr(getattr(model, "config", None), "model_type", None) == "spidr"
 
 
-class FeatureExtractionDispatcher(FeatureExtractionPipeline):
-    """The registered "feature-extraction" class: builds the SpidR pipeline for SpidR models, else the previous one.
+class _FlagsOfTheModel(type(FeatureExtractionPipeline)):
+    """Metaclass of the dispatcher: its tokenizer flag follows the model that ``pipeline()`` is building."""
+
+    @property
+    def _load_tokenizer(cls) -> bool | None:
+        # pipeline() reads the flag (getattr(pipeline_class, "_load_tokenizer")) once its local `model` is loaded
+        model = sys._getframe(1).f_locals.get("model")
+        return None if is_spidr_model(model) else cls.fallback._load_tokenizer
+
+
+class FeatureExtractionDispatcher(FeatureExtractionPipeline, metaclass=_FlagsOfTheModel):
+    """The registered "feature-extraction" class: the SpidR pipeline for SpidR models, else the previous class.
 
     ``__new__`` returns an instance of another class, so Python never runs this class's
     ``__init__``: for a text model the object is exactly what the previous registration builds.
     """
 
-    _load_tokenizer = None  # optional (see the module docstring): speech checkpoints have no tokenizer
-    _load_feature_extractor = False  # SpidRFeatureExtractionPipeline finds its own
+    _load_feature_extractor = False  # the previous class's; SpidRFeatureExtractionPipeline finds its own
     fallback: type = FeatureExtractionPipeline
 
     def __new__(cls, *args: Any, **kwargs: Any) -> FeatureExtractionPipeline:
         model = kwargs["model"] if "model" in kwargs else args[0]
         if is_spidr_model(model):
             return SpidRFeatureExtractionPipeline(*args, **kwargs)
-        if kwargs.get("tokenizer") is None and kwargs.get("processor") is None:
-            raise ValueError(
-                f"The feature-extraction pipeline needs a tokenizer for {type(model).__name__} and none could be "
-                f"loaded from {getattr(model, 'name_or_path', '') or 'the model'}; pass tokenizer=."
-            )
         return cls.fallback(*args, **kwargs)
 
 

@@ -184,8 +184,40 @@ def test_text_feature_extraction_is_unchanged(bert_dir, spidr_dir):
     again = pipeline("feature-extraction", model=model, tokenizer=tokenizer)
     assert type(again) is FeatureExtractionPipeline
     torch.testing.assert_close(again("hello speech world .", return_tensors=True), expected)
-    with pytest.raises(ValueError, match="needs a tokenizer"):  # transformers alone raises too, less clearly
+    with pytest.raises(Exception, match="Impossible to guess which tokenizer"):  # transformers' own error
         pipeline("feature-extraction", model=model)
+
+
+def _outcome(model) -> list:
+    """What pipeline("feature-extraction") makes of a model: the class built, or the error raised."""
+    try:
+        built = pipeline("feature-extraction", model=model)
+    except Exception as error:
+        return ["error", type(error).__module__, type(error).__name__, str(error)]
+    return ["built", type(built).__name__, type(built.tokenizer).__name__]
+
+
+def test_text_models_without_tokenizer_behave_as_without_spidr_hf(bert_dir, tmp_path):
+    """A text model without a tokenizer: the same error (or the same pipeline) as in a process without spidr_hf."""
+    import inspect
+    import json
+    import subprocess
+    import sys
+
+    no_tokenizer = tmp_path / "bert-without-tokenizer"
+    BertModel.from_pretrained(bert_dir).save_pretrained(no_tokenizer)
+    code = (
+        "import json, sys\nsys.modules['spidr_hf'] = None  # never imported\n"
+        "from transformers import BertModel, pipeline\n" + inspect.getsource(_outcome) +
+        f"print(json.dumps({{'object': _outcome(BertModel.from_pretrained({str(bert_dir)!r})), "
+        f"'directory': _outcome({str(no_tokenizer)!r})}}))\n"
+    )  # fmt: skip
+    without = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert without.returncode == 0, without.stderr[-3000:]
+    expected = json.loads(without.stdout.splitlines()[-1])
+    assert expected["object"][0] == "error"  # transformers refuses a model object without a tokenizer
+    registered = {"object": _outcome(BertModel.from_pretrained(bert_dir)), "directory": _outcome(str(no_tokenizer))}
+    assert registered == expected
 
 
 def test_import_registers_the_pipeline():
