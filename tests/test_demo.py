@@ -8,7 +8,7 @@ import re
 import pytest
 
 from spidr_hf.cli import main as cli
-from spidr_hf.synth import espeak_available
+from spidr_hf.espeak import espeak_available
 
 
 @pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (apt-get install espeak-ng)")

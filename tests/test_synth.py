@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from spidr_hf import synth
+from spidr_hf import espeak, synth
 
 needs_espeak = pytest.mark.skipif(
-    not synth.espeak_available(), reason="espeak-ng is not installed (apt-get install espeak-ng)"
+    not espeak.espeak_available(), reason="espeak-ng is not installed (apt-get install espeak-ng)"
 )
 MINUTES = 0.3  # about 5 utterances: enough statistics, ~1 s to render
 
@@ -52,7 +52,7 @@ def test_phone_segments_tile_audio_and_merge_pauses() -> None:
 
 
 def test_phone_segments_reject_events_out_of_order() -> None:
-    with pytest.raises(synth.EspeakError, match="time order"):
+    with pytest.raises(espeak.EspeakError, match="time order"):
         synth.phone_segments([(300, "a"), (100, "b")], num_samples=800, sample_rate=1000)
 
 
@@ -61,10 +61,10 @@ def test_phone_inventory_orders_silence_vowels_consonants() -> None:
 
 
 def test_missing_library_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(synth, "_library_name", lambda: "libdoes-not-exist.so.1")
-    with pytest.raises(synth.EspeakError, match="apt-get install espeak-ng"):
+    monkeypatch.setattr(espeak, "_library_name", lambda: "libdoes-not-exist.so.1")
+    with pytest.raises(espeak.EspeakError, match="apt-get install espeak-ng"):
         synth.render("hello")
-    assert not synth.espeak_available()
+    assert not espeak.espeak_available()
 
 
 # --------------------------------------------------------------------------- rendering
@@ -107,7 +107,7 @@ def test_unknown_voice_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> synth.CorpusInfo:
-    if not synth.espeak_available():
+    if not espeak.espeak_available():
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
     return synth.synthesize_corpus(tmp_path_factory.mktemp("corpus"), MINUTES, seed=0, progress=False)
 
