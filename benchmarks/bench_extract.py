@@ -15,18 +15,9 @@ decoding and writing are included; each method's best of ``--repeats`` interleav
 Peak memory of ``spidr-hf extract`` on one long file is measured in a subprocess without
 decoding workers: its peak RSS (``VmHWM``), and ``torch.cuda.max_memory_allocated`` on a GPU;
 the same on a 1 s file gives the fixed cost (Python, torch, the model).
-``--compare-windowing`` measures windowed vs whole-file features on a 60 s file (the numbers
-quoted in :mod:`spidr_hf.extract`).
-
-Measured on this project's 2-core CPU (``--small``: 4 layers x 256, conv 128 channels; 96 files,
-8 min of audio, fp32): ``spidr-hf extract`` 157 audio h/h, plain SpidR loop 147, plain HuBERT loop
-124: extract 1.26x the HuBERT loop (it was 0.75x before the feature encoder's CPU chunks, which
-spare oneDNN a new kernel for every file length, and before decoding workers defaulted to the
-cores torch leaves free: none on this machine). On an H200 (base, bf16, 200 files, 32 min):
-extract 1,592-1,953 audio h/h, plain HuBERT loop 515-517: 3.09-3.78x over two runs; one hour
-of audio (``--long-minutes 60``) peaked at 1,558-1,584 MiB of GPU memory (221 MiB for a 1 s file).
-On the CPU one hour (small) peaked at 1406 MiB RSS against 751 MiB for a 1 s file, in 75 s
-(1568 MiB and 504 s before the feature encoder's CPU chunks).
+``--compare-windowing`` measures windowed vs whole-file features on a 60 s file. ``--small``
+means 4 layers x 256 with 128 conv channels, 96 files, 8 min of audio. The results are in the
+README's Performance table.
 
     python benchmarks/bench_extract.py --small                 # quick CPU run (small models, 10 min file)
     python benchmarks/bench_extract.py --small --long-minutes 60

@@ -4,12 +4,7 @@ Prints audio seconds processed per second of wall time for each model and their 
 The two models are timed alternately (A, B, A, B, ...) so that drift of a shared machine
 affects both alike; the median over repeats is reported.
 
-Measured (median of 9, sdpa): on this project's 2-core CPU, fp32, batch 2 x 4 s, SpidRModel 10.7
-audio s/s vs HubertModel 10.2: 1.04-1.05x (1 thread 1.03x; 1 x 16 s 1.06x; 2 x 1 s 0.97-1.03x,
-within this machine's noise). On an H200, batch 8 x 15 s: bf16 2.75x (15,623 vs 5,682 audio s/s),
-fp32 1.04x. The CPU ratio was 0.86-0.93x before the feature encoder went channels-last (no
-transposed copies around its 7 LayerNorms), then 0.98x; chunked, cache-sized CPU passes of the
-feature encoder and in-place GELU brought it above 1 (see ``SpidRFeatureEncoder``).
+The results are in the README's Performance table.
 
     python benchmarks/bench_inference.py                                  # CPU, fp32
     python benchmarks/bench_inference.py --device cuda --dtype bf16 --batch-size 8 --seconds 15

@@ -69,7 +69,7 @@ class SpidRConvLayer(nn.Module):
 
     The convolution runs as a channels-last 2-D convolution over a `(batch, channels, 1, frames)`
     view, whose output already is `(batch, frames, channels)` in memory: the per-frame LayerNorm
-    then needs no transposed copies (about 25 % faster on a CPU than Conv1d + transposes).
+    then needs no transposed copies (faster on a CPU than Conv1d + transposes).
     """
 
     def __init__(self, config: SpidRConfig, layer_id: int):
@@ -116,10 +116,9 @@ class SpidRFeatureEncoder(nn.Module):
 
     * the chunks' activations stay in cache instead of streaming 50 MB tensors through memory;
     * the convolutions see a few recurring lengths, so oneDNN reuses the kernels it builds for
-      each new input shape (building them cost more than the convolutions themselves on short
-      files: small model, 3 s, 49 ms for a new length against 10 ms for a repeated one).
+      each new input shape (building them costs more than the convolutions themselves on short
+      files).
 
-    Measured on a 2-core CPU: base size, 2 x 4 s 317 -> 250 ms and 8 x 4 s 1270 -> 990 ms.
     Set `cpu_chunk_samples = None` to run in one pass. GPUs, training and the `group_norm` mode
     (whose first norm spans the whole input) always run in one pass.
     """
@@ -239,7 +238,7 @@ class SpidRPositionalConvEmbedding(nn.Module):
         """`hidden_states` `(batch, frames, channels)`; `padding_mask` `(batch, frames)`, True on padding.
 
         Like the feature encoder, each grouped convolution runs channels-last, so the LayerNorms
-        over channels need no transposed copies (20-26 % faster than Conv1d on a CPU).
+        over channels need no transposed copies (faster than Conv1d on a CPU).
         """
         keep = None if padding_mask is None else (~padding_mask)[:, :, None].to(hidden_states.dtype)
         for conv in self.convs:

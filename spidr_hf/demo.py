@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 class DemoSettings:
     output_dir: str = "demo_output"
     minutes: float = 12.0  # of synthetic speech
-    max_steps: int = 3000  # optimizer steps of the tiny recipe (about 5.5 minutes on 2 idle CPU cores)
+    max_steps: int = 3000  # optimizer steps of the tiny recipe (its time: README, `make demo`)
     seed: int = 0
     unit_layer: int | None = None  # 1-based layer whose head gives the units; default: the first codebook layer
     loss_batch_utterances: int = 8

@@ -72,7 +72,7 @@ class EspeakSession:
     its pitch flutter), so the same text rendered twice in one process comes out a few
     samples different. A session loads the library afresh and unloads it on :meth:`close`
     (``dlclose`` drops the last reference, the next ``dlopen`` maps pristine statics), which
-    makes every rendering independent of what was rendered before. Costs ~5 ms.
+    makes every rendering independent of what was rendered before, for a few milliseconds.
     """
 
     def __init__(self) -> None:
