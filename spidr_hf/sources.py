@@ -335,8 +335,8 @@ class AudioInputs:
                 else:
                     length = cell_length(self.cell(item), name=item.path)
             except Exception as err:  # any unreadable header; decoding will report it again
-                if not isinstance(err, AudioDecodeError):
-                    err = AudioDecodeError(f"{item.path}: {err}")
+                if isinstance(item.source, int) or not isinstance(err, AudioDecodeError):
+                    err = AudioDecodeError(f"{item.path}: {err}")  # file errors name their file already
                 return item, err
             return replace(item, num_samples=length), None
 
