@@ -95,3 +95,18 @@ def test_quiet_silences_every_bar(capsys):
         bar.update(10)
     assert "shown: 100%" in capsys.readouterr().err
 
+
+
+def test_quiet_pretraining_prints_its_result_only(tmp_path, capsys):
+    from pretrain_worker import micro_config, write_speechlike_corpus
+
+    data = write_speechlike_corpus(tmp_path / "data", 2)[0].parent
+    micro_config().to_json_file(tmp_path / "micro.json")
+    argv = ["pretrain", "--model-config", str(tmp_path / "micro.json"), "--train-data", str(data),
+            "--output-dir", str(tmp_path / "out"), "--max-steps", "2", "--logging-steps", "1", "--report-to", "none",
+            "--per-device-max-batch-samples", "32000", "--max-samples", "16000", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [f"Wrote {tmp_path / 'out'}: model.safetensors, config.json, "
+                                         "preprocessor_config.json, README.md, remote code."]  # fmt: skip
+    assert "pretrain:" not in captured.err and "loss" not in captured.err

@@ -3,7 +3,8 @@
 Every field of `SpidRTrainingArguments` (the recipe's numbers and all of transformers'
 `TrainingArguments`) is a flag, kebab-case (`--train-data`) or snake_case (`--train_data`);
 `--recipe FILE` (TOML/JSON, or a built-in name) sets many at once and the other flags override it.
-`--quiet` (no progress bar, warnings only) and `--debug` (tracebacks) work as in every command.
+`--quiet` (no progress bar and no metric lines, warnings only) and `--debug` (tracebacks) work as
+in every command.
 Examples::
 
     spidr-hf pretrain --recipe tiny_cpu --train-data audio/ --output-dir runs/tiny
@@ -16,8 +17,11 @@ from __future__ import annotations
 import argparse
 import logging
 
+from transformers import PrinterCallback, set_seed
+
 from spidr_hf.commands import add_output_flags, apply_output_flags, command, kebab_case_flags
 from spidr_hf.errors import UsageError
+from spidr_hf.training import SpidRPretrainer, load_pretraining_model, parse_pretraining_args
 
 DESCRIPTION = "pretrain SpidR on a folder or manifest of audio (transformers Trainer; torchrun for DDP)"
 
@@ -27,8 +31,6 @@ _LAST_CHECKPOINT = {"last", "true", "True"}
 
 @command("pretrain")
 def main(argv: list[str]) -> int:
-    from spidr_hf.training import SpidRPretrainer, load_pretraining_model, parse_pretraining_args
-
     if any(flag in argv for flag in ("-h", "--help")):
         print(f"spidr-hf pretrain: {DESCRIPTION}\n\n{__doc__.split(chr(10), 2)[2]}")
     output = argparse.ArgumentParser(add_help=False)  # the flags every command takes; the rest are the Trainer's
@@ -40,12 +42,11 @@ def main(argv: list[str]) -> int:
         args.disable_tqdm = True
     if args.train_data is None:
         raise UsageError("--train-data (a folder or manifest of audio) is required.")
-
-    from transformers import set_seed
-
     set_seed(args.seed)  # the same weights on every rank, and for every run with this seed
     model = load_pretraining_model(args.model_config, args.config_overrides)
     trainer = SpidRPretrainer(model, args)
+    if flags.quiet:  # the metrics still reach the loggers (TensorBoard ...), not the terminal
+        trainer.pop_callback(PrinterCallback)
     resume = args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if resume in _LAST_CHECKPOINT else resume)
     out = trainer.save_pretrained_model()
