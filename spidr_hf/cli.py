@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "pretrain": "pretrain",
     "extract": "extract",
     "fit-kmeans": "fit_kmeans",
+    "baseline": "baseline",
     "evaluate": "evaluate",
     "synth-corpus": "synth_corpus",
     "demo": "demo",

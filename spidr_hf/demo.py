@@ -1,110 +1,225 @@
-"""The main job (`make demo` / `spidr-hf demo`): pretrain a tiny SpidR on synthetic speech and show it learnt.
+"""The main job (`make demo` / `spidr-hf demo`): pretrain a tiny SpidR on synthetic speech and show,
+side by side with classical baselines on held-out speech, what its units learnt.
 
 Steps, each with the package's own public pieces:
-1. render a phone-aligned synthetic corpus with espeak-ng (`spidr_hf.synth`);
-2. build the `tiny` SpidR and keep a copy of it at initialisation;
-3. pretrain it with `SpidRPretrainer` (the `tiny_cpu` recipe);
-4. extract head units of both models with `spidr_hf.extract` and score them against the phone
-   alignments (`spidr_hf.evaluation`), plus the pretraining loss of both on one fixed batch;
-5. print a table and write `results.json` and plots (phone x unit matrix, codebook usage,
-   loss curve) to the output folder.
+1. render two phone-aligned corpora with espeak-ng (`spidr_hf.synth`): a training corpus, and a
+   held-out corpus of other sentences in voices of which two are never heard in training;
+2. score the baselines, log-mel and MFCC k-means units (`spidr_hf.baselines`), and the `tiny`
+   SpidR at initialisation;
+3. pretrain it with `SpidRPretrainer` (the `tiny_cpu` recipe), scoring its units on the held-out
+   corpus every few hundred steps (`spidr_hf.unit_scores.UnitQualityCallback`);
+4. score the trained model: the head units of each codebook layer, and k-means units of each
+   layer's features; every k-means (baselines included) is fitted on training audio and scored on
+   the held-out corpus, at the same number of clusters as the model's codebooks;
+5. print the table, write `results.json` (every row, the learning curve, the training log), the
+   unit files and plots (learning curve, phone x unit matrices, codebook usage, loss, perplexities).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from transformers import set_seed
 
-logger = logging.getLogger(__name__)
+from spidr_hf import evaluation as ev
+from spidr_hf.audio import load_audio, standardize
+from spidr_hf.baselines import BaselineQuantizer
+from spidr_hf.model_dir import save_pretrained_with_code
+from spidr_hf.synth import synthesize_corpus
+from spidr_hf.training import (
+    SpidRPretrainer,
+    SpidRTrainingArguments,
+    compute_span_mask,
+    load_pretraining_model,
+    load_recipe,
+)
+from spidr_hf.unit_scores import (
+    AlignedCorpus,
+    UnitQualityCallback,
+    best_layer,
+    encode,
+    kmeans_units,
+    score_units,
+)
+
+RECIPE = "tiny_cpu"
+TRAIN_VOICES = ("en-us+m1", "en-us+f2", "en-us+m3", "en-us+f4", "en+m2")
+# two voices never heard in training (en+f3, en-us+m7) and two that were
+HELDOUT_VOICES = ("en+f3", "en-us+m7", "en-us+m1", "en-us+f2")
 
 
 @dataclass
 class DemoSettings:
     output_dir: str = "demo_output"
-    minutes: float = 12.0  # of synthetic speech
-    max_steps: int = 3000  # optimizer steps of the tiny recipe (its time: README, `make demo`)
+    minutes: float = 12.0  # of training speech
+    heldout_minutes: float = 4.0  # of held-out speech, every row is scored on it
+    max_steps: int | None = None  # optimizer steps; default: the recipe's
     seed: int = 0
-    unit_layer: int | None = None  # 1-based layer whose head gives the units; default: the first codebook layer
+    curve_every: int = 500  # steps between two scorings of the learning curve
+    kmeans_fit_minutes: float = 3.0  # of training speech that every k-means is fitted on
     loss_batch_utterances: int = 8
 
 
+# --------------------------------------------------------------------------- the run
 def run_demo(settings: DemoSettings) -> dict[str, Any]:
     """Run the whole demo; returns (and writes) the results."""
-    from transformers import set_seed
-
-    from spidr_hf.model_dir import save_pretrained_with_code
-    from spidr_hf.synth import synthesize_corpus
-    from spidr_hf.training import SpidRPretrainer, SpidRTrainingArguments, load_pretraining_model, load_recipe
-
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    recipe = load_recipe(RECIPE)
+    max_steps = settings.max_steps or int(recipe["max_steps"])
 
-    print(f"[1/4] Rendering {settings.minutes:g} minutes of phone-aligned speech with espeak-ng")
-    corpus = synthesize_corpus(out / "corpus", settings.minutes, seed=settings.seed, overwrite=True)
-    corpus_dir = out / "corpus"
+    print(f"[1/5] Rendering {settings.minutes:g} + {settings.heldout_minutes:g} minutes of phone-aligned speech with espeak-ng")
+    train = synthesize_corpus(out / "corpus", settings.minutes, seed=settings.seed, voices=TRAIN_VOICES, overwrite=True)
+    heldout = synthesize_corpus(
+        out / "heldout", settings.heldout_minutes, seed=settings.seed + 1, voices=HELDOUT_VOICES, overwrite=True,
+        exclude_texts={u.text for u in train.utterances},
+    )  # fmt: skip
+    fit_corpus = AlignedCorpus.load(out / "corpus", max_minutes=settings.kmeans_fit_minutes)
+    eval_corpus = AlignedCorpus.load(out / "heldout")
 
     set_seed(settings.seed)
-    model = load_pretraining_model("tiny")
-    layer = settings.unit_layer or model.config.codebook_layers[0]
-    initial_dir = out / "initial_model"
-    save_pretrained_with_code(model, initial_dir)
-    loss_batch = fixed_loss_batch(corpus_dir, model, settings.loss_batch_utterances, settings.seed)
+    model = load_pretraining_model(recipe["model_config"], recipe.get("config_overrides"))
+    k = model.config.codebook_size
+    print(f"[2/5] Scoring log-mel and MFCC k-means (k={k}) and the initial model on the held-out speech")
+    baselines = {kind: score_baseline_units(kind, fit_corpus, eval_corpus, k, out / "units") for kind in ("logmel", "mfcc")}
+    save_pretrained_with_code(model, out / "initial_model")
+    loss_batch = fixed_loss_batch(out / "corpus", model, settings.loss_batch_utterances, settings.seed)
     initial_loss = batch_loss(model, loss_batch)
+    initial = score_model_units(model, fit_corpus, eval_corpus, k, out / "units", "initial", settings.seed)
 
-    print(f"[2/4] Pretraining the tiny SpidR for {settings.max_steps} steps")
+    print(f"[3/5] Pretraining the tiny SpidR for {max_steps} steps (units scored every {settings.curve_every})")
+    curve = UnitQualityCallback(fit_corpus, eval_corpus, k, settings.curve_every, seed=settings.seed)
     args = SpidRTrainingArguments(
         **{
-            **load_recipe("tiny_cpu"),
-            "recipe": "tiny_cpu",
-            "train_data": str(corpus_dir / "manifest.tsv"),
+            **recipe,
+            "recipe": RECIPE,
+            "train_data": str(out / "corpus" / "manifest.tsv"),
             "output_dir": str(out / "trained_model"),
-            "max_steps": settings.max_steps,
-            "save_steps": float(max(settings.max_steps, 1)),  # float fields, as their flags parse
-            "logging_steps": float(max(1, min(10, settings.max_steps // 10))),
+            "max_steps": max_steps,
+            "save_steps": float(max(max_steps, 1)),  # float fields, as their flags parse
+            "logging_steps": float(max(1, min(50, max_steps // 10))),
             "seed": settings.seed,
             "report_to": "tensorboard",
         }
     )
-    trainer = SpidRPretrainer(model, args)
+    trainer = SpidRPretrainer(model, args, callbacks=[curve])
+    train_started = time.perf_counter()
     trainer.train()
+    train_seconds = time.perf_counter() - train_started - sum(e["seconds"] for e in curve.history)
     trained_dir = trainer.save_pretrained_model()
     trained_loss = batch_loss(model, loss_batch)
 
-    print(f"[3/4] Extracting layer-{layer} head units and scoring them against the alignments")
-    initial = score_units(initial_dir, corpus_dir, out / "units_initial", layer)
-    trained = score_units(trained_dir, corpus_dir, out / "units_trained", layer)
+    print("[4/5] Scoring the trained model on the held-out speech")
+    trained = score_model_units(model, fit_corpus, eval_corpus, k, out / "units", "trained", settings.seed)
 
-    print("[4/4] Writing plots")
-    plots = write_plots(out / "plots", initial, trained, trainer.state.log_history)
+    print("[5/5] Writing results and plots")
     results = {
         "settings": asdict(settings),
-        "corpus": {"minutes": round(corpus.minutes, 2), "utterances": len(corpus.utterances), "voices": corpus.voices},
-        "unit_layer": layer,
-        "initial": {**initial["metrics"], "loss": initial_loss},
-        "trained": {**trained["metrics"], "loss": trained_loss},
-        "plots": [str(p) for p in plots],
-        "elapsed_seconds": round(time.perf_counter() - started, 1),
+        "recipe": RECIPE,
+        "max_steps": max_steps,
+        "clusters": k,
+        "corpus": corpus_facts(train),
+        "heldout": {**corpus_facts(heldout), "voices_not_in_training": sorted(set(HELDOUT_VOICES) - set(TRAIN_VOICES))},
+        "kmeans_fit_minutes": round(fit_corpus.minutes, 2),
+        "rows": result_rows(baselines, initial, trained),
+        "loss": {"initial": initial_loss, "trained": trained_loss},
+        "learning_curve": curve.history,
+        "training_log": [e for e in trainer.state.log_history if "loss" in e],
+        "training_seconds": round(train_seconds, 1),
+        "trained_model": str(trained_dir),
     }
+    results["goal"] = goal_check(results["rows"])
+    results["plots"] = [str(p) for p in write_plots(out / "plots", results, baselines, trained)]
+    results["elapsed_seconds"] = round(time.perf_counter() - started, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print()
     print(results_table(results))
-    print(f"\nOutputs in {out}/: results.json, plots/, trained_model/, initial_model/, corpus/")
+    print(f"\nOutputs in {out}/: results.json, plots/, units/, trained_model/, initial_model/, corpus/, heldout/")
     return results
+
+
+def corpus_facts(info: Any) -> dict[str, Any]:
+    return {"minutes": round(info.minutes, 2), "utterances": len(info.utterances), "voices": list(info.voices)}
+
+
+# --------------------------------------------------------------------------- scoring
+def _write_units(path: Path, corpus: AlignedCorpus, units: list[np.ndarray]) -> None:
+    """units.jsonl for `spidr-hf evaluate` (the ids of the corpus's alignments)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"id": i, "units": np.asarray(u).tolist()}) for i, u in zip(corpus.ids, units, strict=True)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def score_baseline_units(
+    kind: str, fit: AlignedCorpus, evaluate: AlignedCorpus, k: int, units_dir: Path
+) -> dict[str, Any]:
+    """Metrics and counts of `kind` k-means units fitted on `fit`, on `evaluate` (units written to `units_dir`)."""
+    quantizer = BaselineQuantizer.fit(fit.waves, kind, k)
+    units = [quantizer(wave).numpy() for wave in evaluate.waves]
+    _write_units(units_dir / f"{kind}.jsonl", evaluate, units)
+    metrics, frames = score_units(units, evaluate, k)
+    return {"metrics": metrics, "frames": frames}
+
+
+def score_model_units(
+    model: Any, fit: AlignedCorpus, evaluate: AlignedCorpus, k: int, units_dir: Path, name: str, seed: int
+) -> dict[str, Any]:
+    """Head units of each codebook layer and k-means units of each layer, on `evaluate` (units written to `units_dir`)."""
+    evaluated, fitted = encode(model, evaluate), encode(model, fit)
+    head, kmeans, frames = {}, {}, {}
+    for layer, units in evaluated.head_units.items():
+        _write_units(units_dir / f"{name}_head_layer{layer}.jsonl", evaluate, units)
+        head[layer], frames[("head", layer)] = score_units(units, evaluate, model.config.codebook_size)
+    for layer, features in evaluated.features.items():
+        units = kmeans_units(fitted.features[layer], features, k, seed)
+        _write_units(units_dir / f"{name}_kmeans_layer{layer}.jsonl", evaluate, units)
+        kmeans[layer], frames[("kmeans", layer)] = score_units(units, evaluate, k)
+    return {"head": head, "kmeans": kmeans, "frames": frames}
+
+
+def result_rows(baselines: dict, initial: dict, trained: dict) -> list[dict[str, Any]]:
+    """Every row of the comparison: baselines, the initial and trained model's head units per codebook layer
+    and k-means units per layer (`best` marks each model's best k-means layer)."""
+    rows = [
+        {"model": "baseline", "units": f"{kind} k-means", "layer": None, **scored["metrics"]}
+        for kind, scored in baselines.items()
+    ]
+    for name, scored in (("initial", initial), ("trained", trained)):
+        rows += [{"model": name, "units": "head", "layer": layer, **m} for layer, m in scored["head"].items()]
+        best = best_layer(scored["kmeans"])
+        rows += [
+            {"model": name, "units": "features + k-means", "layer": layer, "best": layer == best, **m}
+            for layer, m in scored["kmeans"].items()
+        ]
+    return rows
+
+
+def goal_check(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's goal: trained head units >= log-mel k-means, best layer's k-means >= 1.2 x log-mel (PNMI)."""
+    logmel = next(r["pnmi"] for r in rows if r["units"] == "logmel k-means")
+    head = max(r["pnmi"] for r in rows if r["model"] == "trained" and r["units"] == "head")
+    kmeans = max(r["pnmi"] for r in rows if r["model"] == "trained" and r["units"] == "features + k-means")
+    return {
+        "logmel_pnmi": logmel,
+        "best_head_pnmi": head,
+        "best_kmeans_pnmi": kmeans,
+        "head_over_logmel": head / logmel,
+        "kmeans_over_logmel": kmeans / logmel,
+        "head_goal_met": head >= logmel,
+        "kmeans_goal_met": kmeans >= 1.2 * logmel,
+    }
 
 
 def fixed_loss_batch(corpus_dir: Path, model: Any, count: int, seed: int) -> dict[str, torch.Tensor]:
     """The first `count` utterances, cropped to the shortest and standardised, with one fixed span mask."""
-    from spidr_hf.audio import load_audio, standardize
-    from spidr_hf.training import compute_span_mask
-
     records = [json.loads(line) for line in (corpus_dir / "manifest.jsonl").read_text().splitlines()[:count]]
     waves = [load_audio(corpus_dir / r["path"]) for r in records]
     length = min(len(w) for w in waves)
@@ -125,65 +240,88 @@ def batch_loss(model: Any, batch: dict[str, torch.Tensor]) -> float:
     return loss
 
 
-def score_units(model_dir: Path, corpus_dir: Path, units_dir: Path, layer: int) -> dict[str, Any]:
-    """Head units of `layer` for the corpus (`spidr_hf.extract`), and their metrics against the alignments."""
-    from spidr_hf.evaluation import (
-        count_frames,
-        metrics_from_counts,
-        pair_frames,
-        read_alignments,
-        read_units,
-    )
-    from spidr_hf.extract import ExtractionOptions, extract
-
-    options = ExtractionOptions(output_dir=str(units_dir), units="head", unit_layer=layer, num_workers=0, device="cpu")
-    report = extract(model_dir, [str(corpus_dir / "manifest.tsv")], options)
-    if report.failed:
-        raise RuntimeError(f"unit extraction failed for {len(report.failed)} file(s):\n{report.summary()}")
-    config = json.loads((model_dir / "config.json").read_text())
-    phones = (corpus_dir / "phones.txt").read_text().split()
-    pairs = pair_frames(read_alignments(corpus_dir / "alignments.jsonl"), read_units(units_dir / "units.jsonl"))
-    frames = count_frames(pairs, codebook_size=config["codebook_size"], phones=phones)
-    return {"metrics": metrics_from_counts(frames), "frames": frames}
-
-
-def write_plots(plot_dir: Path, initial: dict, trained: dict, log_history: list[dict]) -> list[Path]:
-    from spidr_hf.evaluation import plot_codebook_usage, plot_loss_curve, plot_phone_unit_matrix
-
+# --------------------------------------------------------------------------- report
+def write_plots(plot_dir: Path, results: dict, baselines: dict, trained: dict) -> list[Path]:
+    """Learning curve, phone x unit matrices (log-mel baseline, trained head units), codebook usage, loss, perplexities."""
     plot_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, scored in (("initial", initial), ("trained", trained)):
-        frames = scored["frames"]
-        pnmi = scored["metrics"]["pnmi"]
-        paths.append(
-            plot_phone_unit_matrix(
-                frames.counts, frames.phones, plot_dir / f"phone_unit_matrix_{name}.png",
-                title=f"P(phone | unit), {name} model (PNMI {pnmi:.3f})",
-            )
-        )  # fmt: skip
-        paths.append(plot_codebook_usage(frames.unit_counts, plot_dir / f"codebook_usage_{name}.png", title=name))
-    points = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry and "step" in entry]
-    if points:
-        paths.append(plot_loss_curve(points, plot_dir / "loss_curve.png", title="tiny SpidR pretraining loss"))
+    history = results["learning_curve"]
+    series = {f"head units, layer {layer}": [(e["step"], e["head"][layer]) for e in history] for layer in trained["head"]}
+    best = best_layer(trained["kmeans"])
+    series[f"features + k-means, layer {best}"] = [(e["step"], e["kmeans"][best]) for e in history if best in e["kmeans"]]
+    references = {f"{kind} k-means": scored["metrics"]["pnmi"] for kind, scored in baselines.items()}
+    if history:
+        paths.append(ev.plot_curves(series, plot_dir / "learning_curve.png", title="PNMI on held-out speech",
+                                    ylabel="PNMI", references=references))  # fmt: skip
+    head_layer = best_layer(trained["head"])
+    matrices = {
+        "logmel": (baselines["logmel"]["frames"], "log-mel k-means"),
+        "trained": (trained["frames"][("head", head_layer)], f"trained SpidR, layer-{head_layer} head units"),
+        "trained_kmeans": (trained["frames"][("kmeans", best)], f"trained SpidR, layer-{best} features + k-means"),
+    }
+    for name, (frames, label) in matrices.items():
+        seen = frames.counts.sum(axis=1) > 0
+        paths.append(ev.plot_phone_unit_matrix(
+            frames.counts[seen], [p for p, s in zip(frames.phones, seen, strict=True) if s],
+            plot_dir / f"phone_unit_matrix_{name}.png", title=f"P(phone | unit), {label} (PNMI {pnmi_of(frames):.3f})",
+        ))  # fmt: skip
+    paths.append(ev.plot_codebook_usage(trained["frames"][("head", head_layer)].unit_counts,
+                                        plot_dir / "codebook_usage_trained.png", title=f"layer-{head_layer} head units"))  # fmt: skip
+    log = results["training_log"]
+    if log:
+        paths.append(ev.plot_curves({"loss": [(e["step"], e["loss"]) for e in log]}, plot_dir / "loss_curve.png",
+                                    title="tiny SpidR pretraining loss", ylabel="loss"))  # fmt: skip
+        perplexities = {
+            name: [(e["step"], e[key]) for e in log if key in e]
+            for name, key in (("targets", "target_perplexity"), ("predictions", "prediction_perplexity"))
+        }
+        if any(perplexities.values()):
+            paths.append(ev.plot_curves(perplexities, plot_dir / "perplexity_curve.png",
+                                        title="codebook perplexity in training (mean over codebooks)", ylabel="perplexity"))  # fmt: skip
     return paths
 
 
+def pnmi_of(frames: ev.FrameCounts) -> float:
+    return ev.pnmi(frames.counts)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return format(value, spec)
+
+
 def results_table(results: dict[str, Any]) -> str:
-    """`metric  initial  trained` rows (the PNMI row reads `PNMI  <initial>  <trained>`)."""
-    rows = [
-        ("PNMI", "pnmi", "{:.3f}"),
-        ("phone purity", "phone_purity", "{:.3f}"),
-        ("cluster purity", "cluster_purity", "{:.3f}"),
-        ("codebook perplexity", "codebook_perplexity", "{:.1f}"),
-        ("active codewords", "active_codewords", "{}"),
-        ("bitrate (bit/s)", "bitrate", "{:.1f}"),
-        ("loss (fixed batch)", "loss", "{:.3f}"),
+    """One line per row: baselines, then the initial and trained model (head units per codebook layer,
+    best layer's features + k-means), with PNMI, purities, perplexity, active units and bitrate."""
+    heldout = results["heldout"]
+    unseen = ", ".join(heldout["voices_not_in_training"])
+    lines = [
+        f"Units on {heldout['minutes']} min of held-out speech (other sentences; voices {unseen} never heard in "
+        f"training), k = {results['clusters']}; k-means fitted on {results['kmeans_fit_minutes']} min of training speech:",
+        f"{'model':<9}{'units':<22}{'layer':>5}  {'PNMI':>6}  {'phone pur.':>10}  {'cluster pur.':>12}  "
+        f"{'perplexity':>10}  {'active':>6}  {'bit/s':>6}",
     ]
-    initial, trained = results["initial"], results["trained"]
-    lines = [f"Layer-{results['unit_layer']} head units on {results['corpus']['minutes']} min of synthetic speech:"]
-    lines.append(f"{'':<21}{'initial':>9}  {'trained':>9}")
-    for label, key, fmt in rows:
-        a, b = initial.get(key), trained.get(key)
-        shown = [fmt.format(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else "n/a" for v in (a, b)]
-        lines.append(f"{label:<21}{shown[0]:>9}  {shown[1]:>9}")
+    for row in results["rows"]:
+        if row["units"] == "features + k-means" and not row.get("best"):
+            continue
+        layer = "" if row["layer"] is None else str(row["layer"])
+        lines.append(
+            f"{row['model']:<9}{row['units']:<22}{layer:>5}  {_fmt(row['pnmi'], '6.3f')}  "
+            f"{_fmt(row['phone_purity'], '10.3f')}  {_fmt(row['cluster_purity'], '12.3f')}  "
+            f"{_fmt(row['codebook_perplexity'], '10.1f')}  {row['active_codewords']:>6}  {_fmt(row['bitrate'], '6.1f')}"
+        )
+    goal = results["goal"]
+    lines.append(
+        f"\nTrained head units reach {goal['head_over_logmel']:.2f}x the log-mel PNMI (goal >= 1.00: "
+        f"{'met' if goal['head_goal_met'] else 'not met'}); the best layer's features + k-means "
+        f"{goal['kmeans_over_logmel']:.2f}x (goal >= 1.20: {'met' if goal['kmeans_goal_met'] else 'not met'})."
+    )
+    lines.append(
+        f"Pretraining loss on a fixed batch: {results['loss']['initial']:.3f} -> {results['loss']['trained']:.3f}; "
+        f"{results['max_steps']} steps in {results['training_seconds']:.0f} s."
+    )
     return "\n".join(lines)
+
+
+__all__ = ["HELDOUT_VOICES", "TRAIN_VOICES", "DemoSettings", "results_table", "run_demo"]

@@ -208,11 +208,12 @@ def entropy_bits(counts: np.ndarray) -> float:
 
 
 def mutual_information_bits(counts: np.ndarray) -> float:
-    """``I(y; z)`` in bits of the joint distribution proportional to ``counts``."""
+    """``I(y; z)`` in bits of the joint distribution proportional to ``counts`` (never below 0: rounding
+    makes the sum of an independent pair a tiny negative number)."""
     joint = joint_distribution(counts)
     outer = joint.sum(axis=1, keepdims=True) * joint.sum(axis=0, keepdims=True)
     nz = joint > 0
-    return float((joint[nz] * np.log2(joint[nz] / outer[nz])).sum())
+    return max(float((joint[nz] * np.log2(joint[nz] / outer[nz])).sum()), 0.0)
 
 
 def pnmi(counts: np.ndarray) -> float:
@@ -338,21 +339,38 @@ def plot_codebook_usage(unit_counts: np.ndarray, path: str | Path, title: str | 
     return _save(fig, path)
 
 
-def plot_loss_curve(
-    points: Sequence[tuple[int, float]], path: str | Path, title: str = "training loss", ylabel: str = "loss"
+def plot_curves(
+    series: Mapping[str, Sequence[tuple[int, float]]],
+    path: str | Path,
+    title: str,
+    ylabel: str,
+    references: Mapping[str, float] | None = None,
 ) -> Path:
-    """PNG line plot of ``(step, loss)`` points."""
-    if not points:
-        raise ValueError("no (step, loss) points to plot")
+    """PNG line plot of named ``(step, value)`` series, with dashed horizontal ``references`` (e.g. baselines)."""
+    if not any(series.values()):
+        raise ValueError("no (step, value) points to plot")
     plt = _pyplot()
-    steps, losses = zip(*points, strict=True)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, losses, marker="." if len(points) <= 50 else None, linewidth=1.2)
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for name, points in series.items():
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, marker="." if len(points) <= 50 else None, linewidth=1.2, label=name)
+    for (name, value), color in zip((references or {}).items(), ("gray", "black", "brown"), strict=False):
+        ax.axhline(value, linestyle="--", linewidth=1, color=color, label=name)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    if len(series) + len(references or {}) > 1:
+        ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def plot_loss_curve(
+    points: Sequence[tuple[int, float]], path: str | Path, title: str = "training loss", ylabel: str = "loss"
+) -> Path:
+    """PNG line plot of ``(step, loss)`` points."""
+    return plot_curves({ylabel: points}, path, title=title, ylabel=ylabel)
 
 
 def _save(fig, path: str | Path) -> Path:

@@ -28,6 +28,7 @@ import logging
 import random
 import shutil
 from collections import Counter
+from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -260,9 +261,13 @@ def _utterance_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index) & 0xFFFFFFFF
 
 
-def render_utterance(index: int, rng: random.Random, voice: str, seed: int) -> tuple[RenderedUtterance, np.ndarray]:
-    """Draw the text and rate of utterance ``index`` from ``rng`` and render it."""
+def render_utterance(
+    index: int, rng: random.Random, voice: str, seed: int, exclude_texts: Container[str] = ()
+) -> tuple[RenderedUtterance, np.ndarray]:
+    """Draw the text (none of ``exclude_texts``) and rate of utterance ``index`` from ``rng`` and render it."""
     text = make_text(rng)
+    while text in exclude_texts:
+        text = make_text(rng)
     rate = rng.randint(*RATE_RANGE)
     wave, segments = render(text, voice, rate=rate, seed=_utterance_seed(seed, index))
     speaker = speaker_name(voice)
@@ -407,11 +412,13 @@ def synthesize_corpus(
     voices: list[str] | tuple[str, ...] | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    exclude_texts: Container[str] = (),
 ) -> CorpusInfo:
     """Render about ``minutes`` of speech (at least one utterance) into ``out_dir``.
 
     Voices take turns utterance by utterance; texts and speaking rates come from
     ``random.Random(seed)``, so the same seed gives byte-identical audio and alignments.
+    ``exclude_texts`` (e.g. another corpus's texts, for held-out speech) are never rendered.
     An existing corpus in ``out_dir`` is an error unless ``overwrite`` (then its audio is removed).
     """
     if minutes <= 0:
@@ -438,7 +445,7 @@ def synthesize_corpus(
     with bar:
         while total < target_samples:
             index = len(utterances)
-            utt, wave = render_utterance(index, rng, voices[index % len(voices)], seed)
+            utt, wave = render_utterance(index, rng, voices[index % len(voices)], seed, exclude_texts)
             path = root / "audio" / f"{utt.id}.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
             sf.write(path, wave, SAMPLING_RATE, subtype="PCM_16")

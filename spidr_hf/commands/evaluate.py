@@ -63,25 +63,27 @@ def _phone_order(args: argparse.Namespace) -> list[str] | None:
     return ev.read_phone_inventory(path) if path.is_file() else None
 
 
-def unit_metrics(args: argparse.Namespace) -> dict:
-    """Unit metrics of --units against --alignments, with the two plots written to --output-dir."""
+def unit_frames(args: argparse.Namespace) -> ev.FrameCounts:
+    """Phone x unit counts of --units against --alignments (ids and lengths checked)."""
     pairs = ev.pair_frames(ev.read_alignments(args.alignments), ev.read_units(args.units))
-    frames = ev.count_frames(
+    return ev.count_frames(
         pairs,
         codebook_size=args.codebook_size,
         phones=_phone_order(args),
         exclude_silence=args.exclude_silence,
     )
-    metrics = ev.metrics_from_counts(frames)
+
+
+def write_unit_plots(frames: ev.FrameCounts, output_dir: Path) -> None:
+    """The phone x unit matrix and the codebook usage of `frames`, in `output_dir`."""
     # rows never seen (inventory entries absent here) would only add empty lines to the plot
     seen = frames.counts.sum(axis=1) > 0
     ev.plot_phone_unit_matrix(
         frames.counts[seen],
         [p for p, s in zip(frames.phones, seen, strict=True) if s],
-        args.output_dir / "phone_unit_matrix.png",
+        output_dir / "phone_unit_matrix.png",
     )
-    ev.plot_codebook_usage(frames.unit_counts, args.output_dir / "codebook_usage.png")
-    return metrics
+    ev.plot_codebook_usage(frames.unit_counts, output_dir / "codebook_usage.png")
 
 
 # bad inputs exit with status 1, as this command always has
@@ -91,10 +93,11 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     _check_args(parser, args)
     apply_output_flags(args)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     metrics: dict = {}
-    if args.alignments is not None:
-        metrics.update(unit_metrics(args))
+    # every input is read and checked before the output folder is touched: a mistake leaves nothing behind
+    frames = unit_frames(args) if args.alignments is not None else None
+    if frames is not None:
+        metrics.update(ev.metrics_from_counts(frames))
     if args.abx_item is not None:
         metrics.update(
             ev.abx_error_rates(
@@ -106,6 +109,9 @@ def main(argv: list[str]) -> int:
                 device=args.device,
             )
         )
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    if frames is not None:
+        write_unit_plots(frames, args.output_dir)
     (args.output_dir / "metrics.json").write_text(json.dumps(ev.json_ready(metrics), indent=2) + "\n")
     print(ev.format_table(metrics))
     print(f"-> {args.output_dir / 'metrics.json'}")

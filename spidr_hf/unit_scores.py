@@ -1,0 +1,251 @@
+"""Unit quality on a phone-aligned corpus, side by side: a model's head units, its layers' features
+with k-means, and the classical baselines (:mod:`spidr_hf.baselines`).
+
+Everything that is fitted (k-means) is fitted on one corpus and scored on another, so that a
+number says how units do on speech the model and the clusters have not seen:
+
+    fit, held_out = AlignedCorpus.load("corpus", max_minutes=3), AlignedCorpus.load("heldout")
+    scores = score_model(model, fit, held_out, k=64)        # {"head": {3: {...}}, "kmeans": {1: {...}, ...}}
+    logmel = score_baseline("logmel", fit, held_out, k=64)  # {"pnmi": ..., "phone_purity": ..., ...}
+
+:class:`UnitQualityCallback` scores a model this way every few hundred pretraining steps: the
+learning curve of its units.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from .audio import load_audio, standardize
+from .baselines import BaselineQuantizer
+from .evaluation import (
+    FrameCounts,
+    count_frames,
+    metrics_from_counts,
+    pair_frames,
+    read_alignments,
+    read_phone_inventory,
+)
+from .units import fit_kmeans
+
+
+# --------------------------------------------------------------------------- corpus
+@dataclass
+class AlignedCorpus:
+    """Waveforms and frame-level phone labels of a corpus in the layout `spidr-hf synth-corpus` writes
+    (`manifest.jsonl` with `id` and `path`, `alignments.jsonl`, `phones.txt`)."""
+
+    root: Path
+    ids: list[str]
+    waves: list[np.ndarray] = field(repr=False)  # mono float32 at 16 kHz, as decoded
+    phones: list[list[str]] = field(repr=False)  # one label per frame
+    phone_order: list[str] = field(repr=False)
+
+    @classmethod
+    def load(cls, root: str | Path, max_minutes: float | None = None) -> AlignedCorpus:
+        """The corpus in `root`, or its first utterances up to `max_minutes` of audio.
+
+        Raises:
+            FileNotFoundError: `root` lacks `manifest.jsonl` or `alignments.jsonl`.
+            ValueError: an utterance has no alignment.
+        """
+        root = Path(root)
+        for name in ("manifest.jsonl", "alignments.jsonl"):
+            if not (root / name).is_file():
+                raise FileNotFoundError(f"{root} is not an aligned corpus: it has no {name} (see spidr-hf synth-corpus).")
+        alignments = read_alignments(root / "alignments.jsonl")
+        order = read_phone_inventory(root / "phones.txt") if (root / "phones.txt").is_file() else sorted(
+            {p for labels in alignments.values() for p in labels}
+        )
+        ids, waves, phones, samples = [], [], [], 0
+        for line in (root / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
+            if max_minutes is not None and samples >= max_minutes * 60 * 16_000:
+                break
+            record = json.loads(line)
+            if record["id"] not in alignments:
+                raise ValueError(f"{root}: utterance {record['id']!r} has no alignment in alignments.jsonl.")
+            wave = load_audio(root / record["path"])
+            ids.append(record["id"])
+            waves.append(wave)
+            phones.append(alignments[record["id"]])
+            samples += wave.size
+        return cls(root, ids, waves, phones, order)
+
+    @property
+    def minutes(self) -> float:
+        return sum(w.size for w in self.waves) / 16_000 / 60
+
+    @property
+    def num_frames(self) -> int:
+        return sum(len(p) for p in self.phones)
+
+
+def score_units(units: Sequence[Sequence[int]], corpus: AlignedCorpus, codebook_size: int) -> tuple[dict, FrameCounts]:
+    """Metrics (`spidr_hf.evaluation.metrics_from_counts`) of one unit sequence per utterance of `corpus`."""
+    pairs = pair_frames(
+        dict(zip(corpus.ids, corpus.phones, strict=True)),
+        {i: np.asarray(u).tolist() for i, u in zip(corpus.ids, units, strict=True)},
+    )
+    frames = count_frames(pairs, codebook_size=codebook_size, phones=corpus.phone_order)
+    return metrics_from_counts(frames), frames
+
+
+# --------------------------------------------------------------------------- model frames
+@dataclass
+class ModelFrames:
+    """Per utterance: each layer's before-residual features and, for a pretraining model, each head's units."""
+
+    features: dict[int, list[torch.Tensor]]  # 1-based layer -> [(frames, hidden)] float32
+    head_units: dict[int, list[np.ndarray]]  # codebook layer -> [(frames,)] int64
+
+
+@torch.no_grad()
+def encode(model: Any, corpus: AlignedCorpus, layers: Iterable[int] | None = None) -> ModelFrames:
+    """Run `model` (a `SpidRForPreTraining` or `SpidRModel`) in eval mode on every utterance of `corpus`, one at a time.
+
+    `layers`: the 1-based layers whose features are kept (default: all).
+    """
+    encoder = getattr(model, "spidr", model)
+    config = encoder.config
+    layers = list(range(1, config.num_hidden_layers + 1) if layers is None else layers)
+    heads = hasattr(model, "head_units")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    frames = ModelFrames({layer: [] for layer in layers}, {layer: [] for layer in config.codebook_layers} if heads else {})
+    try:
+        for wave in corpus.waves:
+            values = torch.from_numpy(standardize(wave))[None].to(device)
+            output = encoder(values, output_hidden_states=True)
+            for layer in layers:
+                frames.features[layer].append(output.before_residual_states[layer - 1][0].float().cpu())
+            for layer in frames.head_units:
+                feature_layer, representation = config.head_input_of(layer)
+                source = (
+                    output.before_residual_states[feature_layer - 1]
+                    if representation == "before_residual"
+                    else output.last_hidden_state
+                )
+                frames.head_units[layer].append(model.head_units(source[0], layer).cpu().numpy())
+    finally:
+        model.train(was_training)
+    return frames
+
+
+def kmeans_units(
+    fit: Sequence[torch.Tensor], evaluate: Sequence[torch.Tensor], k: int, seed: int = 0
+) -> list[np.ndarray]:
+    """Fit k-means with `k` clusters on the frames of `fit` and give the units of each sequence of `evaluate`.
+
+    Raises:
+        ValueError: `fit` holds fewer frames than `k` (naming both numbers).
+    """
+    total = sum(f.shape[0] for f in fit)
+    if not 0 < k <= total:
+        raise ValueError(f"cannot fit {k} clusters on {total} frames: give more audio or fewer clusters.")
+    centroids = fit_kmeans(torch.cat(list(fit)), k, seed=seed, backend="torch").centroids
+    return [torch.cdist(f, centroids).argmin(-1).numpy() for f in evaluate]
+
+
+# --------------------------------------------------------------------------- side by side
+def score_model(
+    model: Any,
+    fit: AlignedCorpus,
+    evaluate: AlignedCorpus,
+    k: int,
+    kmeans_layers: Iterable[int] | None = None,
+    seed: int = 0,
+) -> dict[str, dict[int, dict]]:
+    """`{"head": {layer: metrics}, "kmeans": {layer: metrics}}` of `model` on `evaluate`.
+
+    Head units: the argmax of each codebook layer's head. K-means units: `k` clusters of a layer's
+    before-residual features, fitted on `fit`, for each layer of `kmeans_layers` (default: all).
+    """
+    kmeans_layers = list(kmeans_layers) if kmeans_layers is not None else None
+    evaluated = encode(model, evaluate, kmeans_layers)
+    fitted = encode(model, fit, kmeans_layers) if evaluated.features else None
+    config = getattr(model, "spidr", model).config
+    scores: dict[str, dict[int, dict]] = {"head": {}, "kmeans": {}}
+    for layer, units in evaluated.head_units.items():
+        scores["head"][layer] = score_units(units, evaluate, config.codebook_size)[0]
+    for layer, features in evaluated.features.items():
+        units = kmeans_units(fitted.features[layer], features, k, seed)
+        scores["kmeans"][layer] = score_units(units, evaluate, k)[0]
+    return scores
+
+
+def score_baseline(
+    kind: str, fit: AlignedCorpus, evaluate: AlignedCorpus, k: int, seed: int = 0
+) -> tuple[dict, FrameCounts]:
+    """Metrics (and counts) of `kind` (`"logmel"` / `"mfcc"`) k-means units fitted on `fit`, on `evaluate`."""
+    quantizer = BaselineQuantizer.fit(fit.waves, kind, k, seed=seed)
+    return score_units([quantizer(wave).numpy() for wave in evaluate.waves], evaluate, k)
+
+
+def best_layer(scores: dict[int, dict], metric: str = "pnmi") -> int:
+    """The layer with the highest `metric` (the first one on ties)."""
+    return max(scores, key=lambda layer: (scores[layer][metric], -layer))
+
+
+# --------------------------------------------------------------------------- learning curve
+class UnitQualityCallback(TrainerCallback):
+    """Score the model's units on held-out audio every `every` optimizer steps (and after the last one).
+
+    Each entry of `history` holds the step, the PNMI of each codebook layer's head units
+    (`head`) and of k-means units of the layers in `kmeans_layers` (`kmeans`), and the seconds
+    the scoring took (not counted as training time by the caller).
+    """
+
+    def __init__(
+        self,
+        fit: AlignedCorpus,
+        evaluate: AlignedCorpus,
+        k: int,
+        every: int,
+        kmeans_layers: Iterable[int] = (),
+        seed: int = 0,
+    ) -> None:
+        if every <= 0:
+            raise ValueError(f"every must be a positive number of steps, got {every}.")
+        self.fit, self.evaluate, self.k, self.every = fit, evaluate, k, every
+        self.kmeans_layers, self.seed = list(kmeans_layers), seed
+        self.history: list[dict[str, Any]] = []
+
+    def score(self, model: Any, step: int) -> dict[str, Any]:
+        started = time.perf_counter()
+        scores = score_model(model, self.fit, self.evaluate, self.k, self.kmeans_layers, self.seed)
+        entry = {
+            "step": step,
+            "head": {layer: m["pnmi"] for layer, m in scores["head"].items()},
+            "kmeans": {layer: m["pnmi"] for layer, m in scores["kmeans"].items()},
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        self.history.append(entry)
+        return entry
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        step = state.global_step
+        if step % self.every == 0 or step == state.max_steps:
+            self.score(getattr(model, "module", model), step)
+
+
+__all__ = [
+    "AlignedCorpus",
+    "ModelFrames",
+    "UnitQualityCallback",
+    "best_layer",
+    "encode",
+    "kmeans_units",
+    "score_baseline",
+    "score_model",
+    "score_units",
+]
