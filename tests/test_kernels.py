@@ -24,10 +24,13 @@ if not HAS_CUDA:
 
 from spidr_hf.modeling import kernel_dispatch as _dispatch  # noqa: E402
 from spidr_hf.modeling.codebook_assign import (  # noqa: E402
+    ASSIGN_OP,
+    ASSIGN_TUNING,
     AssignConfig,
     reference_codebook_assign,
     triton_codebook_assign,
 )
+from spidr_hf.modeling.codebook_head_loss import HEAD_LOSS_BACKWARD_OP, HEAD_LOSS_OP  # noqa: E402
 
 from spidr_hf.kernels import (  # noqa: E402
     CodebookAssignment,
@@ -95,13 +98,50 @@ def test_triton_assign_matches_reference(shape, temperature):
 
 
 @needs_triton
-@pytest.mark.parametrize("temperature", [0.0, 2.0])
-def test_triton_assign_multi_tile_config(temperature):
+@pytest.mark.parametrize(("temperature", "statistics"), [(0.0, "atomic"), (0.0, "onehot"), (2.0, "atomic")])
+def test_triton_assign_multi_tile_config(temperature, statistics):
     """Explicit 16-wide blocks: several N, K and D tiles with ragged last tiles, on GPU too."""
     x, codewords = _random_inputs((2, 50, 37, 40), seed=1)
     config = AssignConfig(16, 16, 16, 4, 2, 16, 16, 16, 4)
-    got = triton_codebook_assign(x, codewords, temperature, "ieee", config)
+    got = triton_codebook_assign(x, codewords, temperature, "ieee", config, statistics=statistics)
     _assert_same_assignment(got, reference_codebook_assign(x, codewords, temperature))
+
+
+@needs_triton
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_triton_onehot_statistics_match_reference(shape):
+    """Hard statistics from the labels by a one-hot matmul (no atomics): counts exact, sums to fp32 rounding."""
+    x, codewords = _random_inputs(shape, seed=6)
+    got = codebook_assign(x, codewords, precision="ieee", backend="triton", statistics="onehot")
+    want = reference_codebook_assign(x, codewords)
+    _assert_same_assignment(got, want)
+    torch.testing.assert_close(got.counts, want.counts, rtol=0, atol=0)
+
+
+@needs_triton
+@pytest.mark.parametrize(("temperature", "statistics"), [(0.0, "atomic"), (0.0, "onehot"), (0.5, "atomic")])
+def test_triton_split_precision_matches_reference(temperature, statistics):
+    """"bf16x3" (16-bit halves on tensor cores; fp16 halves in the interpreter) keeps labels and statistics."""
+    x, codewords = _random_inputs((3, 45, 37, 40), seed=7)
+    got = codebook_assign(
+        x, codewords, temperature=temperature, precision="bf16x3", backend="triton", statistics=statistics
+    )
+    want = reference_codebook_assign(x, codewords, temperature)
+    torch.testing.assert_close(got.labels, want.labels, rtol=0, atol=0)
+    torch.testing.assert_close(got.counts, want.counts, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.sums, want.sums, rtol=1e-5, atol=1e-5)
+    if temperature:
+        torch.testing.assert_close(got.probs, want.probs, rtol=1e-4, atol=1e-6)
+
+
+@needs_triton
+@pytest.mark.parametrize("statistics", ["atomic", "onehot"])
+def test_triton_half_targets_with_split_precision(statistics):
+    """Half-precision frames (the teacher's autocast dtype) are read as they are: labels as fp32 math on the same values."""
+    x, codewords = _random_inputs((2, 40, 20, 24), seed=8)
+    half = x.bfloat16() if HAS_CUDA else x.half()  # the interpreter mishandles bf16 arithmetic, not fp16
+    got = codebook_assign(half, codewords, precision="bf16x3", backend="triton", statistics=statistics)
+    _assert_same_assignment(got, reference_codebook_assign(half.float(), codewords))
 
 
 def _tied_inputs() -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,12 +169,15 @@ def test_ties_go_to_the_lowest_index(backend):
     )
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize(
+    ("backend", "statistics"),
+    [("torch", "auto"), pytest.param("triton", "atomic", marks=needs_triton), pytest.param("triton", "onehot", marks=needs_triton)],
+)
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_empty_codewords_have_zero_statistics(backend, temperature):
+def test_empty_codewords_have_zero_statistics(backend, statistics, temperature):
     x, codewords = _random_inputs((3, 45, 20, 12), seed=2)
     codewords[:, [0, 13, 19]] = 1e3  # far from every frame: never nearest, probability underflows to 0
-    got = codebook_assign(x, codewords, temperature=temperature, backend=backend)
+    got = codebook_assign(x, codewords, temperature=temperature, backend=backend, statistics=statistics)
     assert (got.counts[:, [0, 13, 19]] == 0).all()
     assert (got.sums[:, [0, 13, 19]] == 0).all()
     assert got.counts.sum().item() == pytest.approx(3 * 45, rel=1e-5)
@@ -257,6 +300,102 @@ def test_reference_head_loss_matches_naive_formulation():
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The custom operators: registration, fake tensors, autograd, torch.compile
+# Their kernels: Triton on CUDA or under the interpreter, the torch formulas on other CPUs.
+
+
+def test_ops_are_registered_once_under_the_package_namespace():
+    assert str(ASSIGN_OP) == "spidr_hf.codebook_assign_v1.default"
+    assert str(HEAD_LOSS_OP) == "spidr_hf.codebook_head_loss_v1.default"
+    assert str(HEAD_LOSS_BACKWARD_OP) == "spidr_hf.codebook_head_loss_backward_v1.default"
+
+    def broken(*args):
+        raise AssertionError("a second registration must not replace the first")
+
+    # What a second import of modeling/ (a saved model's remote code) does: the first op stays.
+    again = _dispatch.define_op("codebook_assign", "(Tensor x) -> Tensor", broken, broken)
+    assert again is ASSIGN_OP
+    x, codewords = _random_inputs((2, 9, 4, 3))
+    labels, _, counts, _ = ASSIGN_OP(x, codewords, 0.0, "ieee", "atomic")
+    assert labels.shape == (2, 9) and counts.sum() == 18
+
+
+@pytest.mark.parametrize(("temperature", "statistics"), [(0.0, "atomic"), (0.0, "onehot"), (0.7, "atomic")])
+def test_assign_op_passes_opcheck_and_matches_reference(temperature, statistics):
+    """Schema, fake tensor and dynamic-shape tracing checks of torch.library.opcheck, and the op's values."""
+    x, codewords = _random_inputs((2, 19, 6, 5), seed=9)
+    args = (x, codewords, temperature, "ieee", statistics)
+    torch.library.opcheck(ASSIGN_OP, args)
+    labels, probs, counts, sums = ASSIGN_OP(*args)
+    want = reference_codebook_assign(x, codewords, temperature)
+    got = CodebookAssignment(labels, probs if temperature else None, counts, sums)
+    _assert_same_assignment(got, want)
+    assert probs.shape == ((2, 19, 6) if temperature else (2, 0, 6))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_head_loss_ops_pass_opcheck_and_match_reference(dtype):
+    logits, labels, weights = _head_inputs((3, 11, 7), dtype, seed=3)
+    leaf = logits.detach().requires_grad_()
+    torch.library.opcheck(HEAD_LOSS_OP, (leaf, labels))
+    losses, log_norms, prob_sums = HEAD_LOSS_OP(leaf, labels)
+    assert not log_norms.requires_grad and not prob_sums.requires_grad
+    (losses * weights).sum().backward()
+    torch.library.opcheck(HEAD_LOSS_BACKWARD_OP, (logits, labels, log_norms, weights))
+    want = _loss_and_grad(logits, labels, weights, "torch")
+    torch.testing.assert_close(losses.detach(), want[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(prob_sums, want[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(leaf.grad, want[2])
+
+
+def test_ops_compile_without_graph_breaks():
+    """Assignment, head loss and its backward inside one fullgraph-compiled function equal eager."""
+    from torch._dynamo.utils import counters
+
+    x, codewords = _random_inputs((2, 23, 7, 6), seed=10)
+    logits, _, weights = _head_inputs((2, 23, 7), torch.float32, seed=4)
+
+    def step(x, codewords, logits):
+        labels, _, counts, sums = ASSIGN_OP(x, codewords, 0.0, "ieee", "atomic")
+        losses, _, prob_sums = HEAD_LOSS_OP(logits, labels)
+        return (losses * weights).sum(), labels, counts, sums, prob_sums
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    results = []
+    for fn in (step, compiled):
+        leaf = logits.detach().requires_grad_()
+        loss, *outputs = fn(x, codewords, leaf)
+        loss.backward()  # through the compiled graph's backward, which calls the backward op
+        results.append((*outputs, leaf.grad))
+    assert sum(counters["graph_break"].values()) == 0
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_tuning_configs_fit_the_codebook_size():
+    """On a GPU, triton.autotune tries only codeword tiles as wide as K needs (a narrow K keeps the narrowest)."""
+    from spidr_hf.modeling.codebook_assign import _prune_wide_codeword_tiles, _tuning_configs
+
+    configs = _tuning_configs(ASSIGN_TUNING)
+    assert len(configs) == len(ASSIGN_TUNING)
+    assert _prune_wide_codeword_tiles(configs, {"K": 256}) == configs
+    kept = _prune_wide_codeword_tiles(configs, {"K": 100})
+    assert kept and all(c.kwargs["BLOCK_K"] <= 128 for c in kept)
+    (narrowest,) = _prune_wide_codeword_tiles(configs, {"K": 20})
+    assert narrowest.kwargs["BLOCK_K"] == 64
+
+
+@needs_triton
+def test_triton_training_step_compiles_without_graph_breaks():
+    """The pretraining step with the Triton backend (its custom ops) under torch.compile(fullgraph=True) equals eager."""
+    from compile_checks import compare_compiled_step
+
+    assert compare_compiled_step("triton") == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Input validation and backend selection
 
 
@@ -272,6 +411,7 @@ def test_reference_head_loss_matches_naive_formulation():
         ((2, 5, 4), (3, 4), {}, ValueError, r"codewords must have shape \(C, K, D\)"),
         ((2, 5, 4), (2, 0, 4), {}, ValueError, "K=0"),
         ((2, 5, 4), (2, 3, 4), {"precision": "fp16"}, ValueError, "precision must be one of"),
+        ((2, 5, 4), (2, 3, 4), {"statistics": "sorted"}, ValueError, "statistics must be one of"),
         ((2, 5, 4), (2, 3, 4), {"backend": "cuda"}, ValueError, "backend must be one of"),
     ],
 )
