@@ -70,6 +70,9 @@ STATISTICS: tuple[str, ...] = ("auto", "atomic", "onehot")
 # What "auto" statistics mean. Atomics stay the default until a GPU run shows the one-hot matmul faster
 # at the training shape (benchmarks/gpu_session.sh times both in one run).
 DEFAULT_STATISTICS = "atomic"
+# What backend="auto" runs on CUDA tensors: the Triton kernel stays only where it beats compiled torch
+# in the same GPU run (benchmarks/gpu_session.sh; the README's Performance section has the numbers).
+CUDA_AUTO_BACKEND = "triton"
 # Frames per chunk in the torch reference: bounds its (C, chunk, K) score buffer.
 REFERENCE_CHUNK = 4096
 
@@ -159,7 +162,7 @@ def codebook_assign(
         A :class:`CodebookAssignment`. No gradient flows through this function.
     """
     temperature = _validate_inputs(x, codewords, temperature, precision, statistics)
-    if resolve_backend(backend, x.device) == "torch":
+    if resolve_backend(backend, x.device, CUDA_AUTO_BACKEND) == "torch":
         return reference_codebook_assign(x, codewords, temperature)
     labels, probs, counts, sums = ASSIGN_OP(
         x, codewords, temperature, resolve_precision(precision, x.device), resolve_statistics(statistics)

@@ -35,6 +35,10 @@ from .kernel_dispatch import (
     unit_last_stride,
 )
 
+# What backend="auto" runs on CUDA tensors: the Triton kernel stays only where it beats compiled torch
+# in the same GPU run (benchmarks/gpu_session.sh; the README's Performance section has the numbers).
+CUDA_AUTO_BACKEND = "triton"
+
 
 def codebook_head_loss(
     logits: torch.Tensor, labels: torch.Tensor, backend: str = "auto"
@@ -51,7 +55,7 @@ def codebook_head_loss(
         prob_sums: (C, K) float32, ``softmax(logits).sum(1)``, without gradient.
     """
     _validate_inputs(logits, labels)
-    if resolve_backend(backend, logits.device) == "torch":
+    if resolve_backend(backend, logits.device, CUDA_AUTO_BACKEND) == "torch":
         return reference_head_loss(logits, labels)
     frame_losses, _, prob_sums = HEAD_LOSS_OP(logits, labels)
     return frame_losses, prob_sums

@@ -75,14 +75,20 @@ def _release(version: str) -> tuple[int, ...]:
     return Version(version).release
 
 
-def resolve_backend(backend: str, device: torch.device) -> Literal["triton", "torch"]:
-    """Pick the implementation for tensors on ``device``; raise a clear error when forcing is impossible."""
+def resolve_backend(
+    backend: str, device: torch.device, cuda_auto: Literal["triton", "torch"] = "triton"
+) -> Literal["triton", "torch"]:
+    """Pick the implementation for tensors on ``device``; raise a clear error when forcing is impossible.
+
+    ``cuda_auto`` is what "auto" means on CUDA tensors for the calling op (each op keeps its Triton
+    kernel there only where it beats compiled torch).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return "torch"
     if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
+        return cuda_auto if device.type == "cuda" and triton_available() else "torch"
     if not triton_available():
         raise RuntimeError(
             "backend='triton' needs the triton package, which is not importable here; "
