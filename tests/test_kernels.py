@@ -460,6 +460,11 @@ def test_forced_triton_explains_what_is_missing(monkeypatch):
     with pytest.raises(RuntimeError, match="pip install triton"):
         _dispatch.resolve_backend("triton", torch.device("cuda"))
     assert _dispatch.resolve_backend("auto", torch.device("cuda")) == "torch"
+    monkeypatch.setattr(_dispatch, "triton_available", lambda: True)
+    assert _dispatch.resolve_backend("auto", torch.device("cuda")) == "triton"
+    # an op whose Triton kernel loses to compiled torch routes "auto" to torch on CUDA too
+    assert _dispatch.resolve_backend("auto", torch.device("cuda"), cuda_auto="torch") == "torch"
+    assert _dispatch.resolve_backend("auto", torch.device("cpu"), cuda_auto="triton") == "torch"
 
 
 def test_interpreter_version_clash_gets_a_clear_error(monkeypatch):
@@ -565,15 +570,21 @@ def test_gpu_head_loss_at_training_shape():
 @pytest.mark.skipif(
     bool(INTERPRETER_PROBLEM), reason=f"the CPU smoke runs need the interpreter: {INTERPRETER_PROBLEM}"
 )
-def test_benchmark_scripts_cpu_smoke():
-    """Both scripts' main() in one child process (one interpreter start-up instead of two)."""
+def test_benchmark_scripts_cpu_smoke(tmp_path):
+    """Both scripts' main() in one child process (one interpreter start-up instead of two), then the session table."""
+    rows = tmp_path / "kernels.rows.json"
     code = (
         "import sys; sys.path.insert(0, 'benchmarks')\n"
-        "import bench_codebook, gpu_kernels_check\n"
-        "assert bench_codebook.main(['--cpu-smoke', '--no-compile']) == 0\n"
+        "import bench_codebook, gpu_kernels_check, session_table\n"
+        f"assert bench_codebook.main(['--cpu-smoke', '--no-compile', '--rows', {str(rows)!r}]) == 0\n"
         "assert gpu_kernels_check.main(['--cpu-smoke', '--no-compile']) == 0\n"
+        f"assert session_table.main([{str(tmp_path)!r}]) == 0\n"
     )
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert done.stdout.count("assign + statistics") == 2 and "RESULT: PASS" in done.stdout
+    assert done.stdout.count("assign + statistics") == 3 and "RESULT: PASS" in done.stdout
+    table = done.stdout[done.stdout.index("what "):]
+    for column in ("eager", "compiled", "default", "peak MiB", "graphs", "breaks", "syncs"):
+        assert column in table.splitlines()[0]
+    assert "  onehot statistics" in table and "head loss fwd+bwd" in table
