@@ -73,7 +73,7 @@ if [ "$SMOKE" = 1 ]; then
     step kernels 300 $PY benchmarks/gpu_kernels_check.py --cpu-smoke --rows "$OUT/2-kernels.rows.json"
     step inference 120 $PY benchmarks/bench_inference.py --repeats 2 --seconds 1
     step extract 300 $PY benchmarks/bench_extract.py --small --files 4 --repeats 1 --long-minutes 1
-    step pretrain 300 $PY benchmarks/bench_pretrain_step.py --small --batch 2 --seconds 1 --steps 1 \
+    step pretrain 300 $PY benchmarks/bench_pretrain_step.py --small --batch 2 --seconds 2 --steps 1 \
         --masks 2 --modes $STEP_MODES --compile-backend aot_eager --rows "$OUT/1-step.rows.json"
 else
     step kernels 200 $PY benchmarks/gpu_kernels_check.py --rows "$OUT/2-kernels.rows.json"
