@@ -12,35 +12,48 @@ term that would cost precision.
 
 Two implementations share one entry point, :func:`codebook_assign`:
 
-* a plain-PyTorch reference, chunked over frames so memory stays bounded, which runs anywhere;
-* Triton kernels (see ``_assign_kernel``). Hard assignment is ONE launch for all codebooks: the
-  grid is (N-blocks, C), N-blocks on the fast axis so that programs running together share one
-  codebook's codewords in L2; each program streams K tiles, each an accumulation of ``tl.dot`` over
-  D tiles, keeps a running (min, argmin) per frame, then adds its frames to the statistics with
-  relaxed ``tl.atomic_add`` (one per frame for counts, one per frame element for sums). Atomics
-  were chosen over a second reduction kernel because a deterministic reduction needs either a
-  one-hot x frames matmul (another C x N x K x D of work) or a sort of the labels (more launches),
-  while the atomics reread each frame block once (from L2) and spread over K codeword rows. The
-  price: fp32 summation order, hence the sums' last bits, vary from run to run. Soft assignment
-  uses two launches: the assignment kernel also runs an online softmax (running max and sum over K
-  tiles), keeps the scaled scores in the ``probs`` output between its two sweeps (that N x K
-  buffer is written anyway; no other exists) and normalises them in place in a second sweep over
-  its own rows; then ``_soft_stats_kernel`` computes ``counts = sum_n probs`` and
-  ``sums = probs^T x`` as a deterministic blocked matmul, because probability-weighted sums by
-  atomics would cost K x D atomics per frame block.
+* a plain-PyTorch reference, chunked over frames so memory stays bounded, which runs anywhere and
+  which ``torch.compile`` traces like any PyTorch code (in one chunk);
+* Triton kernels behind the custom operator ``spidr_hf::codebook_assign_v1`` (``ASSIGN_OP``: a fake
+  implementation gives ``torch.compile`` its output shapes, so a compiled step keeps it in its graph).
+  Hard assignment is ONE launch for all codebooks: the grid is (N-blocks, C), N-blocks on the fast
+  axis so that programs running together share one codebook's codewords in L2; each program streams
+  K tiles, each an accumulation of ``tl.dot`` over D tiles, and keeps a running (min, argmin) per
+  frame. The statistics then come one of two ways (``statistics``):
 
-No one-hot matrix is materialised by either path. The hard Triton path writes no N x K matrix at
-all; the soft one writes only its ``probs`` output.
+  - ``"atomic"`` (the default, ``DEFAULT_STATISTICS``): the same program adds its frames with relaxed
+    ``tl.atomic_add`` (one per frame for counts, one per frame element for sums); it rereads each
+    frame block once (from L2), and fp32 summation order, hence the sums' last bits, vary from run
+    to run;
+  - ``"onehot"``: the kernel writes labels only, then ``_stats_kernel`` computes
+    ``sums = onehot(labels)^T x`` as a deterministic blocked matmul (the one-hot made in registers,
+    never in memory; x in three 16-bit pieces, so every product is exact and only the fp32
+    summation rounds): another C x N x K x D of tensor-core work instead of N x D atomics.
 
-``precision`` picks ``tl.dot``'s ``input_precision`` for fp32 operands on CUDA: ``"ieee"`` (exact
-fp32 FMA, slowest), ``"tf32x3"`` (each operand split into two TF32 halves, three tensor-core
-products: error ~2^-22 relative to |x||c|, close to fp32) or ``"tf32"`` (10-bit mantissa: error
+  Soft assignment uses two launches: the assignment kernel also runs an online softmax (running max
+  and sum over K tiles), keeps the scaled scores in the ``probs`` output between its two sweeps
+  (that N x K buffer is written anyway; no other exists) and normalises them in place in a second
+  sweep over its own rows; then ``_stats_kernel`` computes ``counts = sum_n probs`` and
+  ``sums = probs^T x``, because probability-weighted sums by atomics would cost K x D atomics per
+  frame block.
+
+On a GPU, ``triton.autotune`` picks both kernels' block shapes, warps and stages once per (K, D,
+mode, precision, dtypes) from ``ASSIGN_TUNING`` / ``STATS_TUNING``; an explicit
+:class:`AssignConfig` or Triton's interpreter bypasses it. No one-hot matrix is materialised by any
+path; the soft one writes only its ``probs`` output.
+
+``precision`` picks how ``tl.dot`` multiplies fp32 operands on CUDA: ``"ieee"`` (exact fp32 FMA,
+slowest), ``"tf32x3"`` (each operand split into two TF32 halves, three tensor-core products: error
+~2^-22 relative to |x||c|, close to fp32), ``"bf16x3"`` (the same split into bf16 halves, by hand:
+about 2^-16 relative, on tensor cores twice as fast as TF32) or ``"tf32"`` (10-bit mantissa: error
 ~5e-4 |x||c|, which can swap codewords whose distances differ by 1e-4 relative). ``"auto"`` is
 ``"tf32x3"`` on GPUs with TF32 (compute capability >= 8), else ``"ieee"``; it is the cheapest
 setting expected to meet the labels rule (labels equal fp32 ``torch.cdist(x, c).argmin(-1)`` on
 frames whose two nearest codewords differ by more than 1e-4 relative distance), as argued from the
 error bounds; ``benchmarks/gpu_kernels_check.py`` checks the rule for every precision (its results
-are in the README's Performance table). Triton's interpreter ignores ``input_precision``.
+are in the README's Performance table), and "bf16x3" becomes "auto" only if it passes there.
+Frames may be bf16 or fp16 (the teacher's autocast dtype): they are read as they are and computed
+in fp32. Triton's interpreter ignores ``input_precision`` and runs "bf16x3" with fp16 halves.
 """
 
 from __future__ import annotations
