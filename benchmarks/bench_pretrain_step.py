@@ -41,7 +41,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -125,9 +125,8 @@ class Workload:
     waves: torch.Tensor
     masks: list[tuple[torch.Tensor, int]]  # (mask on the device, its count on the host)
     autocast: Callable[[], contextlib.AbstractContextManager]
-    forward: Callable = None
+    forward: Callable | None = None  # the model, compiled or not
     steps_done: int = 0  # optimizer steps, counted on the host as the trainer does
-    extra: dict = field(default_factory=dict)
 
     @property
     def audio_seconds(self) -> float:
