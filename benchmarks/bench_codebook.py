@@ -4,10 +4,15 @@ At the training shape (C=8 codebooks, N=9590 masked frames, K=256 codewords, D=7
 allowed for PyTorch matmuls) it times, in microseconds (median of ``triton.testing.do_bench``):
 
 * assignment + statistics: naive = ``cdist`` + ``argmin`` + ``one_hot().float()`` + ``one_hot.T @ x``;
-  ours = ``spidr_hf.kernels.codebook_assign`` (Triton);
+  ours = ``spidr_hf.kernels.codebook_assign`` (Triton, autotuned), then its variants: one-hot
+  statistics, "bf16x3" input precision, both, bf16 frames (the teacher's autocast dtype), and the
+  fixed pre-tuning block shapes;
 * head loss forward + backward: naive = ``log_softmax`` + dense one-hot cross-entropy + softmax sums;
   ours = ``spidr_hf.kernels.codebook_head_loss`` (Triton);
 * both together, as one training step runs them.
+
+On CUDA each cell also has its peak memory (``max_memory_allocated`` above what was allocated
+before); ``--rows FILE`` writes the session table's rows (``session_table.py``).
 
 Usage: ``python benchmarks/bench_codebook.py`` on a CUDA machine. Without CUDA it exits with a message,
 unless ``--cpu-smoke`` is given: then it runs a tiny shape on CPU with the Triton interpreter
@@ -23,7 +28,8 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -37,12 +43,13 @@ SMOKE_SHAPE = (2, 40, 20, 24)
 
 @dataclass
 class Row:
-    """Microseconds of one benchmarked step for each implementation (None when not run)."""
+    """Microseconds of one benchmarked step for each implementation (None when not run), and peak MiB."""
 
     name: str
     reference: float
     compiled: float | None
     ours: float
+    memory_mib: dict[str, float] = field(default_factory=dict)  # "reference" / "compiled" / "ours" (CUDA)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="tl.dot input precision of ours",
     )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    parser.add_argument("--rows", help="write the session table's rows (JSON) to this file")
     return parser.parse_args(argv)
 
 
@@ -73,16 +81,17 @@ def naive_head_loss(logits, labels):
     return losses, log_probs.detach().exp().sum(1)
 
 
-def ours_assign(x, codewords, precision: str):
+def ours_assign(x, codewords, precision: str, **options):
     from spidr_hf.kernels import codebook_assign
 
-    return codebook_assign(x, codewords, precision=precision, backend="triton")
+    backend = "auto" if x.is_cuda else "triton"  # the package's default path; CPU smoke: the interpreter
+    return codebook_assign(x, codewords, precision=precision, backend=backend, **options)
 
 
 def ours_head_loss(logits, labels):
     from spidr_hf.kernels import codebook_head_loss
 
-    return codebook_head_loss(logits, labels, backend="triton")
+    return codebook_head_loss(logits, labels, backend="auto" if logits.is_cuda else "triton")
 
 
 def head_loss_step(loss_fn: Callable, logits, labels) -> None:
@@ -111,6 +120,18 @@ def make_timer(device) -> Callable[[Callable[[], object]], float]:
     return cpu_timer
 
 
+def peak_mib(fn: Callable[[], object], device) -> float | None:
+    """Peak CUDA memory one call adds to what was allocated before (None on CPU)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
 def run_benchmark(
     shape, device, precision: str = "auto", compile_reference: bool = True, seed: int = 0
 ) -> list[Row]:
@@ -132,15 +153,18 @@ def run_benchmark(
     def together(assign: Callable, loss_fn: Callable) -> Callable[[], None]:
         return lambda: head_loss_step(loss_fn, logits, assign(x, codewords)[0])
 
-    def ours_assign_p(a, b):
-        return ours_assign(a, b, precision)
+    def ours_assign_p(a, b, **options):
+        return ours_assign(a, b, precision, **options)
 
+    naive_step = (lambda: naive_assign(x, codewords), compiled_assign and (lambda: compiled_assign(x, codewords)))
+    x_bf16 = x.bfloat16()
     steps = {
-        "assign + statistics": (
-            lambda: naive_assign(x, codewords),
-            compiled_assign and (lambda: compiled_assign(x, codewords)),
-            lambda: ours_assign_p(x, codewords),
-        ),
+        "assign + statistics": (*naive_step, lambda: ours_assign_p(x, codewords)),
+        "  onehot statistics": (*naive_step, lambda: ours_assign_p(x, codewords, statistics="onehot")),
+        "  bf16x3": (*naive_step, lambda: ours_assign(x, codewords, "bf16x3")),
+        "  bf16x3 + onehot": (*naive_step, lambda: ours_assign(x, codewords, "bf16x3", statistics="onehot")),
+        "  bf16 targets, bf16x3": (*naive_step, lambda: ours_assign(x_bf16, codewords, "bf16x3")),
+        "  fixed blocks": (*naive_step, lambda: fixed_blocks_assign(x, codewords, precision)),
         "head loss fwd+bwd": (
             lambda: head_loss_step(naive_head_loss, logits, labels),
             compiled_loss and (lambda: head_loss_step(compiled_loss, logits, labels)),
@@ -152,10 +176,42 @@ def run_benchmark(
             together(ours_assign_p, ours_head_loss),
         ),
     }
+    measured: dict[int, tuple[float, float | None]] = {}  # the naive baselines recur: measure each once
+
+    def measure(fn: Callable) -> tuple[float, float | None]:
+        if id(fn) not in measured:
+            measured[id(fn)] = (timer(fn), peak_mib(fn, device))
+        return measured[id(fn)]
+
     rows = []
     for name, (reference, compiled, ours) in steps.items():
-        rows.append(Row(name, timer(reference), compiled and timer(compiled), timer(ours)))
+        results = {"reference": measure(reference), "compiled": compiled and measure(compiled), "ours": measure(ours)}
+        row = Row(name, results["reference"][0], compiled and results["compiled"][0], results["ours"][0])
+        row.memory_mib = {k: v[1] for k, v in results.items() if v and v[1] is not None}
+        rows.append(row)
     return rows
+
+
+def fixed_blocks_assign(x, codewords, precision: str):
+    """The assignment kernel with the block shapes used before autotuning (the interpreter's on CPU)."""
+    from spidr_hf.modeling.codebook_assign import AssignConfig, resolve_precision, triton_codebook_assign
+
+    config = AssignConfig() if x.is_cuda else None
+    return triton_codebook_assign(x, codewords, 0.0, resolve_precision(precision, x.device), config)
+
+
+def session_rows(rows: list[Row], graphs: int | None) -> list:
+    """``rows`` as the session table's rows: naive eager, naive compiled, the package's default path."""
+    from session_table import Row as SessionRow
+
+    columns = {"reference": "eager", "compiled": "compiled", "ours": "default"}
+    return [
+        SessionRow(
+            row.name, "us", row.reference, row.compiled, row.ours,
+            {columns[k]: v for k, v in row.memory_mib.items()}, graphs if row.compiled else None,
+        )  # fmt: skip
+        for row in rows
+    ]
 
 
 def format_rows(rows: list[Row]) -> str:
@@ -169,6 +225,16 @@ def format_rows(rows: list[Row]) -> str:
             f"{row.reference / row.ours:9.2f}x{compiled_ratio}"
         )
     return "\n".join(lines)
+
+
+def write_session_rows(path: str, rows: list[Row]) -> None:
+    """The rows and how many graphs torch.compile made for the compiled column, for session_table.py."""
+    from torch._dynamo.utils import counters
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from session_table import write_rows
+
+    write_rows(path, session_rows(rows, counters["stats"]["unique_graphs"] or None))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,7 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     tf32 = "TF32 allowed in torch matmuls" if device.type == "cuda" else "no TF32 on CPU"
     precision = resolve_precision(args.precision, device)
     print(f"device: {name}; C, N, K, D = {shape}; fp32 inputs; {tf32}; ours: input_precision={precision}")
-    print(format_rows(run_benchmark(shape, device, args.precision, not args.no_compile)))
+    rows = run_benchmark(shape, device, args.precision, not args.no_compile)
+    print(format_rows(rows))
+    if args.rows:
+        write_session_rows(args.rows, rows)
     if device.type == "cpu":
         print("(CPU smoke run: interpreter timings say nothing about GPU speed)")
     return 0

@@ -2,15 +2,18 @@
 
 Checks, at the training shape (C=8, N=9590, K=256, D=768) on two kinds of data:
 
-1. the labels rule, for every ``tl.dot`` input precision: labels equal fp32 ``torch.cdist(x, c).argmin(-1)``
-   (TF32 off) on every frame whose two nearest codewords differ by more than 1e-4 relative distance
-   (distances in fp64); "auto" must pass, and the line says which precisions do;
-2. statistics: hard counts exactly equal to a bincount of our labels, hard sums and soft
-   (temperature > 0) probs / counts / sums against fp64 math from the same labels / the reference;
+1. the labels rule, for every ``tl.dot`` input precision ("bf16x3" included): labels equal fp32
+   ``torch.cdist(x, c).argmin(-1)`` (TF32 off) on every frame whose two nearest codewords differ by
+   more than 1e-4 relative distance (distances in fp64); "auto" must pass, and the line says which
+   precisions do; then bf16 frames (the teacher's autocast dtype): against cdist of the same bf16
+   values (must pass with "bf16x3") and, for information, against the fp32 frames they were rounded from;
+2. statistics, with atomic and one-hot reductions: hard counts exactly equal to a bincount of our
+   labels, hard sums and soft (temperature > 0) probs / counts / sums against fp64 math from the same
+   labels / the reference;
 3. head loss: frame losses, prob sums and gradients against autograd of the reference, fp32 and bf16;
-4. a short sweep of assignment block sizes (for tuning the untuned GPU defaults) and the time of each
-   input precision;
-5. ``bench_codebook``'s benchmark.
+4. a short sweep of fixed assignment block sizes next to what ``triton.autotune`` chose, and the
+   time of each input precision and statistics reduction;
+5. ``bench_codebook``'s benchmark (``--rows FILE``: its rows for the session table).
 
 Prints one compact line per check and exits 1 if a required check fails. ``--cpu-smoke`` runs it all
 on tiny shapes in Triton's interpreter, only to prove that the script works.
@@ -20,6 +23,7 @@ Run: ``python benchmarks/gpu_kernels_check.py`` (a few minutes on an H100, most 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -29,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_codebook  # noqa: E402
 
-PRECISIONS = ("ieee", "tf32x3", "tf32")
+PRECISIONS = ("ieee", "tf32x3", "tf32", "bf16x3")
 SMOKE_SHAPE = (2, 40, 20, 24)
 RULE_MARGIN = 1e-4
 
@@ -82,12 +86,29 @@ def check_labels_rule(report: Report, shape, device) -> None:
         for precision in PRECISIONS:
             got = codebook_assign(x, codewords, precision=precision, backend="triton").labels
             bad = int(((got != want) & clear).sum())
-            ok = bad == 0 if precision in (auto, "ieee") else None  # tf32 (and tf32x3 when not auto): info
+            ok = bad == 0 if precision in (auto, "ieee") else None  # the others: information for choosing
             report.line(
                 f"labels rule {kind} {precision}",
                 ok,
                 f"{bad} violations on {int(clear.sum())} clear frames; {int((got != want).sum())} differ in all",
             )
+        check_bf16_targets(report, x, codewords, want)
+
+
+def check_bf16_targets(report: Report, x: torch.Tensor, codewords: torch.Tensor, want_fp32: torch.Tensor) -> None:
+    """Frames in bf16: the rule on the bf16 values themselves, and how many labels the rounding moves."""
+    from spidr_hf.kernels import codebook_assign
+
+    half = x.bfloat16()
+    exact = half.float()
+    want = exact_fp32(lambda: torch.cdist(exact, codewords).argmin(-1))
+    nearest = torch.cdist(exact.double(), codewords.double()).topk(2, dim=-1, largest=False).values
+    clear = (nearest[..., 1] - nearest[..., 0]) > RULE_MARGIN * nearest[..., 0]
+    got = codebook_assign(half, codewords, precision="bf16x3", backend="triton").labels
+    bad = int(((got != want) & clear).sum())
+    report.line("labels rule bf16 frames bf16x3", bad == 0, f"{bad} violations on {int(clear.sum())} clear frames")
+    moved = int((got != want_fp32).sum())
+    report.line("bf16 frames vs fp32 frames", None, f"{moved} of {got.numel()} labels differ from the fp32 frames'")
 
 
 def check_statistics(report: Report, shape, device) -> None:
@@ -97,16 +118,19 @@ def check_statistics(report: Report, shape, device) -> None:
 
     num_books, _, num_codewords, dim = shape
     x, codewords = make_data("gaussian", shape, device, seed=1)
-    hard = codebook_assign(x, codewords, backend="triton")
-    counts = torch.zeros(num_books, num_codewords, device=device).scatter_add_(
-        1, hard.labels, torch.ones_like(x[..., 0])
-    )
-    sums = torch.zeros(num_books, num_codewords, dim, device=device, dtype=torch.float64)
-    sums.scatter_add_(1, hard.labels[..., None].expand_as(x), x.double())
-    report.line(
-        "hard counts", bool((hard.counts == counts).all()), "exactly equal to a bincount of the labels"
-    )
-    report.line("hard sums", *_close(hard.sums, sums, 1e-5))
+    for statistics in ("atomic", "onehot"):
+        hard = codebook_assign(x, codewords, backend="triton", statistics=statistics)
+        counts = torch.zeros(num_books, num_codewords, device=device).scatter_add_(
+            1, hard.labels, torch.ones_like(x[..., 0])
+        )
+        sums = torch.zeros(num_books, num_codewords, dim, device=device, dtype=torch.float64)
+        sums.scatter_add_(1, hard.labels[..., None].expand_as(x), x.double())
+        report.line(
+            f"hard counts {statistics}",
+            bool((hard.counts == counts).all()),
+            "exactly equal to a bincount of the labels",
+        )
+        report.line(f"hard sums {statistics}", *_close(hard.sums, sums, 1e-5))
 
     temperature = float(torch.cdist(x[:1, :256], codewords[:1]).square().std())  # spreads the softmax
     soft = codebook_assign(x, codewords, temperature=temperature, backend="triton")
@@ -148,8 +172,13 @@ def check_head_loss(report: Report, shape, device) -> None:
 
 
 def sweep_configs(report: Report, shape, device) -> None:
-    """Time a few block configurations of the hard assignment kernel (informational)."""
-    from spidr_hf.modeling.codebook_assign import AssignConfig, resolve_precision, triton_codebook_assign
+    """Time the hard assignment kernel's block configurations, then what autotune picks (informational)."""
+    from spidr_hf.modeling.codebook_assign import (
+        ASSIGN_TUNING,
+        AssignConfig,
+        resolve_precision,
+        triton_codebook_assign,
+    )
 
     x, codewords = make_data("gaussian", shape, device, seed=3)
     precision = resolve_precision("auto", device)
@@ -157,18 +186,10 @@ def sweep_configs(report: Report, shape, device) -> None:
     if device.type == "cpu":
         configs = [AssignConfig(16, 16, 16, 1, 1), AssignConfig(32, 16, 32, 1, 1)]
     else:
+        # every shape autotune may pick, each timed alone
         configs = [
             AssignConfig(block_n=n, block_k=k, block_d=d, num_warps=w, num_stages=s)
-            for n, k, d, w, s in [
-                (128, 128, 32, 8, 3),
-                (128, 128, 32, 4, 3),
-                (64, 128, 32, 4, 3),
-                (128, 64, 32, 4, 3),
-                (128, 256, 32, 8, 2),
-                (64, 256, 32, 8, 3),
-                (128, 128, 64, 8, 2),
-                (256, 128, 32, 8, 2),
-            ]
+            for n, k, d, w, s in ASSIGN_TUNING
         ]
     timings = []
     for config in configs:
@@ -181,11 +202,24 @@ def sweep_configs(report: Report, shape, device) -> None:
         report.line("config", None, f"{_describe(config)}: {micros:.1f} us")
     if timings:
         micros, config = min(timings, key=lambda item: item[0])
-        report.line("best config", None, f"{_describe(config)}: {micros:.1f} us ({precision})")
-    # What the labels rule costs: the default config at each input precision.
+        report.line("best fixed config", None, f"{_describe(config)}: {micros:.1f} us ({precision})")
+    # What the labels rule and the statistics reduction cost, with the block shapes autotune picks
+    # (each pair tunes anew: one-hot only with the two candidate precisions).
     for other in PRECISIONS:
-        micros = timer(lambda other=other: triton_codebook_assign(x, codewords, 0.0, other))
-        report.line(f"precision {other}", None, f"{micros:.1f} us with the default config")
+        for statistics in ("atomic", "onehot") if other in (precision, "bf16x3") else ("atomic",):
+            micros = timer(
+                lambda other=other, statistics=statistics: triton_codebook_assign(
+                    x, codewords, 0.0, other, statistics=statistics
+                )
+            )
+            report.line(f"precision {other} {statistics}", None, f"{micros:.1f} us, {_tuned_choice()}")
+
+
+def _tuned_choice() -> str:
+    """The block shapes triton.autotune picked for the last assignment call (GPU only)."""
+    module = importlib.import_module("spidr_hf.modeling.codebook_assign")  # the module, not the function
+    best = getattr(getattr(module, "_assign_kernel_tuned", None), "best_config", None)
+    return "interpreter blocks" if best is None else f"autotuned {best}"
 
 
 def _describe(config) -> str:
@@ -196,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny CPU run under the Triton interpreter")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile benchmark column")
+    parser.add_argument("--rows", help="write the benchmark's rows for the session table (JSON) to this file")
     args = parser.parse_args(argv)
     if args.cpu_smoke:
         os.environ["TRITON_INTERPRET"] = "1"  # before spidr_hf imports triton
@@ -216,9 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     sweep_configs(report, shape, device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    print(
-        bench_codebook.format_rows(bench_codebook.run_benchmark(shape, device, "auto", not args.no_compile))
-    )
+    rows = bench_codebook.run_benchmark(shape, device, "auto", not args.no_compile)
+    print(bench_codebook.format_rows(rows))
+    if args.rows:
+        bench_codebook.write_session_rows(args.rows, rows)
     print("RESULT:", "FAIL" if report.failed else "PASS", flush=True)
     return 1 if report.failed else 0
 

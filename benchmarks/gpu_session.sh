@@ -1,28 +1,36 @@
 #!/usr/bin/env bash
 # Every GPU check of the project in one run, for a lent H100/H200 (15 minutes in all):
 #   1. install: spidr-hf editable (plus any wheels carried in .whl/: soundfile, fastabx, ...)
-#   2. pytest on the GPU: tests/test_gpu.py (reference parity on CUDA, bf16/fp16, padding, compile),
-#      tests/test_kernels.py (Triton compiled, not interpreted), tests/test_evaluation.py (real fastabx)
-#   3. benchmarks/gpu_kernels_check.py: kernel correctness per input precision, then bench_codebook
+#   2. pytest on the GPU: tests/test_gpu.py (reference parity on CUDA, bf16/fp16, padding, compile, the
+#      compiled pretraining step through the Triton custom ops without graph break or host sync),
+#      tests/test_kernels.py (Triton compiled, not interpreted), tests/test_compile.py,
+#      tests/test_evaluation.py (real fastabx)
+#   3. benchmarks/gpu_kernels_check.py: kernel correctness per input precision and statistics
+#      reduction, fixed block shapes vs autotune, then bench_codebook (eager / compiled torch / ours)
 #   4. benchmarks/bench_inference.py --device cuda --dtype bf16: SpidRModel vs HubertModel
 #   5. benchmarks/bench_extract.py --device cuda --dtype bf16: extraction vs a plain HuBERT loop,
 #      and GPU memory of a one-hour file
-#   6. benchmarks/bench_pretrain_step.py: one base pretraining step, eager and compiled, by phase
+#   6. benchmarks/bench_pretrain_step.py: one base pretraining step in each mode (default, eager,
+#      compiled with the Triton ops or the torch kernels, regional), by phase
 # Each step has its own time limit and log ($OUT/NAME.log, or ./gpu-logs); a failed step does not
-# stop the next. SMOKE=1 runs the same steps at toy sizes on a CPU, to test this script; STEPS="pytest
-# inference" runs only those steps (install always runs). The parity tests read the reference
-# fixtures from $SPIDR_FIXTURES (default ./.fixtures: copy ../shared/fixtures there, as ../shared
-# does not travel to a lent machine) and skip without them.
+# stop the next. At the end, one table (benchmarks/session_table.py) sets eager, compiled and the
+# package's default path side by side for the step and each kernel, with peak memory, graphs
+# compiled, graph breaks and host syncs. SMOKE=1 runs the same steps at toy sizes on a CPU, to test
+# this script; STEPS="kernels pretrain" runs only those steps (install always runs). The parity tests
+# read the reference fixtures from $SPIDR_FIXTURES (default ./.fixtures: copy ../shared/fixtures
+# there, as ../shared does not travel to a lent machine) and skip without them.
 #   bash benchmarks/gpu_session.sh                 # on the GPU machine, from the repo root
+#   STEPS="compile kernels pretrain" bash benchmarks/gpu_session.sh   # the training-speed checks (issue 13)
 #   SMOKE=1 bash benchmarks/gpu_session.sh         # anywhere, a few minutes
 set -u
 OUT=${OUT:-$PWD/gpu-logs}
 mkdir -p "$OUT"
+rm -f "$OUT"/*.rows.json  # the summary table shows this run only
 export PYTHONUNBUFFERED=1 SPIDR_FIXTURES=${SPIDR_FIXTURES:-$PWD/.fixtures}
 SMOKE=${SMOKE:-0}
 PY=${PYTHON:-python3}
 
-STEPS=${STEPS:-pytest kernels inference extract pretrain}
+STEPS=${STEPS:-pytest kernels inference extract pretrain}  # "compile": only the GPU test of the compiled step
 
 step() {  # step NAME LIMIT_SECONDS COMMAND...: run, log, print the log's tail and the time taken
     local name=$1 limit=$2 start=$SECONDS rc
@@ -33,7 +41,7 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...: run, log, print the log's tail a
     echo "=== $name (limit ${limit} s)"
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
     rc=$?
-    grep -E "PASS|FAIL|INFO|passed|failed|error|Error|x |audio|ratio|MiB|us |step" "$OUT/$name.log" | tail -n "${TAIL:-25}"
+    grep -E "PASS|FAIL|INFO|passed|failed|error|Error|x |audio|ratio|MiB|us |step|default|eager|compile|regional" "$OUT/$name.log" | tail -n "${TAIL:-25}"
     echo "--- $name: exit $rc after $((SECONDS - start)) s"
 }
 
@@ -55,20 +63,29 @@ $PY -c 'import spidr_hf, torch, transformers, triton, accelerate
 print("spidr_hf", spidr_hf.__file__, "torch", torch.__version__, "transformers", transformers.__version__,
       "triton", triton.__version__, "accelerate", accelerate.__version__, "cuda", torch.cuda.is_available())'
 
-step pytest 200 $PY -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py tests/test_kernels.py \
-    tests/test_evaluation.py tests/test_parity.py
+step pytest 240 $PY -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py tests/test_kernels.py \
+    tests/test_compile.py tests/test_evaluation.py tests/test_parity.py
 
+step compile 120 $PY -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py -k compiled_pretraining_step
+
+STEP_MODES=default,eager,compile,compile-torch,regional
 if [ "$SMOKE" = 1 ]; then
-    step kernels 300 $PY benchmarks/gpu_kernels_check.py --cpu-smoke
+    step kernels 300 $PY benchmarks/gpu_kernels_check.py --cpu-smoke --rows "$OUT/2-kernels.rows.json"
     step inference 120 $PY benchmarks/bench_inference.py --repeats 2 --seconds 1
     step extract 300 $PY benchmarks/bench_extract.py --small --files 4 --repeats 1 --long-minutes 1
-    step pretrain 300 $PY benchmarks/bench_pretrain_step.py --small
+    step pretrain 300 $PY benchmarks/bench_pretrain_step.py --small --batch 2 --seconds 2 --steps 1 \
+        --masks 2 --modes $STEP_MODES --compile-backend aot_eager --rows "$OUT/1-step.rows.json"
 else
-    step kernels 170 $PY benchmarks/gpu_kernels_check.py
+    step kernels 200 $PY benchmarks/gpu_kernels_check.py --rows "$OUT/2-kernels.rows.json"
     step inference 90 bash -c "$PY benchmarks/bench_inference.py --device cuda --dtype bf16 --batch-size 8 \
         --seconds 15 --repeats 20 --warmup 3 && $PY benchmarks/bench_inference.py --device cuda --dtype fp32 \
         --batch-size 8 --seconds 15 --repeats 10 --warmup 2"
     step extract 150 $PY benchmarks/bench_extract.py --device cuda --dtype bf16 --files 200 --repeats 2 \
         --num-workers 8 --long-minutes 60
-    step pretrain 200 $PY benchmarks/bench_pretrain_step.py
+    # two masks: the second masked count recompiles once (counted in the table's "graphs")
+    step pretrain 400 $PY benchmarks/bench_pretrain_step.py --masks 2 --modes $STEP_MODES \
+        --rows "$OUT/1-step.rows.json"
 fi
+
+echo "=== summary: eager / compiled / default path (x: default vs compiled, above 1 = default faster)"
+$PY benchmarks/session_table.py "$OUT"

@@ -11,23 +11,33 @@ sweeps K again to add ``softmax`` column sums into ``prob_sums`` with atomics (K
 handful). The backward kernel writes ``(softmax - onehot(label)) * grad`` tile by tile, comparing
 the column index with the label instead of building a one-hot. Labels outside [0, K) give a NaN
 loss on that frame (the torch path raises instead).
+
+The Triton path is two custom operators, ``spidr_hf::codebook_head_loss_v1`` (forward) and
+``spidr_hf::codebook_head_loss_backward_v1``, joined by ``register_autograd``, so that
+``torch.compile(fullgraph=True)`` keeps them in the graph; the torch path is plain PyTorch (autograd
+gives its gradient, and the compiler sees through it).
 """
 
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from .kernel_dispatch import (
     cdiv,
+    define_op,
     device_guard,
     next_power_of_2,
     resolve_backend,
     tl,
     triton,
+    triton_available,
     triton_interpreting,
     unit_last_stride,
 )
+
+# What backend="auto" runs on CUDA tensors: the Triton kernel stays only where it beats compiled torch
+# in the same GPU run (benchmarks/gpu_session.sh; the README's Performance section has the numbers).
+CUDA_AUTO_BACKEND = "triton"
 
 
 def codebook_head_loss(
@@ -45,9 +55,10 @@ def codebook_head_loss(
         prob_sums: (C, K) float32, ``softmax(logits).sum(1)``, without gradient.
     """
     _validate_inputs(logits, labels)
-    if resolve_backend(backend, logits.device) == "torch":
+    if resolve_backend(backend, logits.device, CUDA_AUTO_BACKEND) == "torch":
         return reference_head_loss(logits, labels)
-    return _FusedHeadLoss.apply(logits, labels)
+    frame_losses, _, prob_sums = HEAD_LOSS_OP(logits, labels)
+    return frame_losses, prob_sums
 
 
 def _validate_inputs(logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -83,23 +94,77 @@ def reference_head_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[tor
     return frame_losses, prob_sums
 
 
-class _FusedHeadLoss(torch.autograd.Function):
-    """Triton forward and backward; saves the logits and the per-frame log-sum-exp."""
+# ------------------------------------------------------------------------------------- the custom operators
+def _use_triton(t: torch.Tensor) -> bool:
+    """The ops run Triton on CUDA (and on CPU under the interpreter), their torch form on other CPUs."""
+    return triton_available() and (t.is_cuda or triton_interpreting())
 
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = unit_last_stride(logits)
-        labels = labels.long()
-        frame_losses, log_norms, prob_sums = _launch_forward(logits, labels)
-        ctx.save_for_backward(logits, labels, log_norms)
-        ctx.mark_non_differentiable(prob_sums)
-        return frame_losses, prob_sums
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_losses: torch.Tensor, _grad_prob_sums: torch.Tensor | None):
-        logits, labels, log_norms = ctx.saved_tensors
-        return _launch_backward(logits, labels, log_norms, grad_losses), None
+def _head_loss_op_impl(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frame losses, per-frame log-sum-exp (saved for backward) and probability sums."""
+    logits = unit_last_stride(logits)
+    labels = labels.long()
+    if _use_triton(logits):
+        return _launch_forward(logits, labels)
+    scores = logits.float()
+    log_norms = scores.logsumexp(-1)
+    frame_losses = log_norms - scores.gather(-1, labels[..., None]).squeeze(-1)
+    return frame_losses, log_norms, (scores - log_norms[..., None]).exp().sum(1)
+
+
+def _head_loss_op_fake(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    num_books, num_frames, num_classes = logits.shape
+    per_frame = logits.new_empty((num_books, num_frames), dtype=torch.float32)
+    return per_frame, torch.empty_like(per_frame), logits.new_empty((num_books, num_classes), dtype=torch.float32)
+
+
+def _head_loss_backward_impl(
+    logits: torch.Tensor, labels: torch.Tensor, log_norms: torch.Tensor, grad_losses: torch.Tensor
+) -> torch.Tensor:
+    """d loss / d logits = (softmax - onehot(label)) * grad, in the logits' dtype."""
+    logits = unit_last_stride(logits)
+    labels = labels.long()
+    if _use_triton(logits):
+        return _launch_backward(logits, labels, log_norms, grad_losses)
+    probs = (logits.float() - log_norms[..., None]).exp()
+    probs.scatter_add_(-1, labels[..., None], torch.full_like(probs[..., :1], -1.0))
+    return (probs * grad_losses[..., None]).to(logits.dtype)
+
+
+def _head_loss_backward_fake(
+    logits: torch.Tensor, labels: torch.Tensor, log_norms: torch.Tensor, grad_losses: torch.Tensor
+) -> torch.Tensor:
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _head_loss_setup_context(ctx, inputs: tuple, output: tuple) -> None:
+    logits, labels = inputs
+    _, log_norms, prob_sums = output
+    ctx.save_for_backward(logits, labels, log_norms)
+    ctx.mark_non_differentiable(log_norms, prob_sums)
+
+
+def _head_loss_backward(ctx, grad_losses: torch.Tensor, _grad_log_norms, _grad_prob_sums) -> tuple:
+    logits, labels, log_norms = ctx.saved_tensors
+    return HEAD_LOSS_BACKWARD_OP(logits, labels, log_norms, grad_losses), None
+
+
+# spidr_hf::codebook_head_loss_backward_v1(logits, labels, log_norms, grad_losses) -> grad_logits
+HEAD_LOSS_BACKWARD_OP = define_op(
+    "codebook_head_loss_backward",
+    "(Tensor logits, Tensor labels, Tensor log_norms, Tensor grad_losses) -> Tensor",
+    _head_loss_backward_impl,
+    _head_loss_backward_fake,
+)
+# spidr_hf::codebook_head_loss_v1(logits, labels) -> (frame_losses, log_norms, prob_sums), differentiable in logits
+HEAD_LOSS_OP = define_op(
+    "codebook_head_loss",
+    "(Tensor logits, Tensor labels) -> (Tensor, Tensor, Tensor)",
+    _head_loss_op_impl,
+    _head_loss_op_fake,
+    backward=_head_loss_backward,
+    setup_context=_head_loss_setup_context,
+)
 
 
 def _block_sizes(num_classes: int) -> tuple[int, int, int]:

@@ -6,11 +6,16 @@ compiled, on CPU tensors they run in Triton's interpreter, which only works when
 was in the environment before ``triton`` was first imported (Triton fixes the mode of every
 ``@triton.jit`` function, its own standard library included, at import time; ``from transformers
 import PreTrainedModel`` already imports it). ``backend="torch"`` forces the reference.
+
+The Triton paths run through PyTorch custom operators (:func:`define_op`), so that
+``torch.compile(fullgraph=True)`` traces a training step around them instead of breaking the graph
+at every launch; the torch reference stays plain PyTorch, which ``torch.compile`` sees through.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -70,14 +75,20 @@ def _release(version: str) -> tuple[int, ...]:
     return Version(version).release
 
 
-def resolve_backend(backend: str, device: torch.device) -> Literal["triton", "torch"]:
-    """Pick the implementation for tensors on ``device``; raise a clear error when forcing is impossible."""
+def resolve_backend(
+    backend: str, device: torch.device, cuda_auto: Literal["triton", "torch"] = "triton"
+) -> Literal["triton", "torch"]:
+    """Pick the implementation for tensors on ``device``; raise a clear error when forcing is impossible.
+
+    ``cuda_auto`` is what "auto" means on CUDA tensors for the calling op (each op keeps its Triton
+    kernel there only where it beats compiled torch).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return "torch"
     if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
+        return cuda_auto if device.type == "cuda" and triton_available() else "torch"
     if not triton_available():
         raise RuntimeError(
             "backend='triton' needs the triton package, which is not importable here; "
@@ -100,6 +111,38 @@ def resolve_backend(backend: str, device: torch.device) -> Literal["triton", "to
         f"backend='triton' supports CUDA tensors (or CPU ones under TRITON_INTERPRET=1), got device "
         f"{device}; pass backend='torch'"
     )
+
+
+OP_NAMESPACE = "spidr_hf"
+# Bumped whenever an op's schema or meaning changes: a saved model's remote code (an older copy of
+# modeling/) may be imported next to the package, and the first import's registration serves both.
+OP_VERSION = 1
+
+
+def define_op(
+    name: str,
+    schema: str,
+    impl: Callable,
+    fake: Callable,
+    backward: Callable | None = None,
+    setup_context: Callable | None = None,
+) -> torch._ops.OpOverload:
+    """Register ``spidr_hf::{name}_v{OP_VERSION}`` (a ``torch.library.custom_op``) once; return its overload.
+
+    modeling/ is imported twice in one process when a saved model's remote code loads next to the
+    package (``spidr_hf.modeling`` and ``transformers_modules...``): the second import finds the op
+    defined and reuses it rather than registering a second implementation of the same name.
+    ``fake`` gives output shapes to ``torch.compile``; ``backward`` and ``setup_context`` are its
+    ``register_autograd``.
+    """
+    qualified = f"{name}_v{OP_VERSION}"
+    namespace = getattr(torch.ops, OP_NAMESPACE)
+    if not hasattr(namespace, qualified):
+        op = torch.library.custom_op(f"{OP_NAMESPACE}::{qualified}", impl, mutates_args=(), schema=schema)
+        op.register_fake(fake)
+        if backward is not None:
+            op.register_autograd(backward, setup_context=setup_context)
+    return getattr(namespace, qualified).default
 
 
 def cdiv(a: int, b: int) -> int:

@@ -112,6 +112,7 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
         mask_time_indices: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        num_masked: int | None = None,
         **kwargs,
     ) -> SpidRForPreTrainingOutput | tuple:
         r"""
@@ -120,6 +121,10 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
             mask_time_indices (`torch.BoolTensor` of shape `(batch, frames)`): frames whose student
                 input is replaced by the mask embedding and that are scored. Required.
             attention_mask (`torch.LongTensor` of shape `(batch, samples)`, *optional*): 1 on real samples.
+            num_masked (`int`, *optional*): the number of scored frames (True in `mask_time_indices` on
+                real frames) when the caller knows it on the host, as the trainer does: the masked
+                frames are then gathered without waiting for the device, with a shape `torch.compile`
+                sees. A wrong count fails a device-side assertion.
 
         In training mode, the codebooks are updated (after assignment) from this batch's masked
         teacher frames, summed over data-parallel ranks.
@@ -142,11 +147,12 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
         mask = mask_time_indices.bool()
         if frame_mask is not None:
             mask = mask & frame_mask
+        index = masked_frame_index(mask, num_masked)
 
         student_input = self.spidr.feat_proj_dropout(features)
         student_input = torch.where(mask[..., None], self.mask_embedding.to(student_input.dtype), student_input)
         student = self.spidr.encoder(student_input, frame_mask, output_before_residual=True)
-        targets = self._teacher_targets(features.detach(), frame_mask, mask)
+        targets = self._teacher_targets(features.detach(), frame_mask, index)
 
         assignment = codebook_assign(targets, self.codewords.float(), backend=self.config.codebook_backend)
         if self.training:
@@ -156,30 +162,35 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
             head_inputs = [student.before_residual_states[layer - 1] for layer in self.config.codebook_layers]
         else:
             head_inputs = [student.last_hidden_state] * self.config.num_codebooks
-        logits = torch.stack([head(x[mask]) for head, x in zip(self.heads, head_inputs, strict=True)])
+        logits = torch.stack([head(gather_frames(x, index)) for head, x in zip(self.heads, head_inputs, strict=True)])
         losses, prob_sums = codebook_head_loss(logits, assignment.labels, backend=self.config.codebook_backend)
         frame_losses = losses.mean(0)
         num_masked = frame_losses.shape[0]
+        frames = torch.sym_max(num_masked, 1)  # sym_max: the count may be symbolic under torch.compile
         output = SpidRForPreTrainingOutput(
             loss=frame_losses.mean(),
             frame_losses=frame_losses,
-            target_perplexity=_perplexity(assignment.counts / max(num_masked, 1)),
-            prediction_perplexity=_perplexity(prob_sums / max(num_masked, 1)),
+            target_perplexity=_perplexity(assignment.counts / frames),
+            prediction_perplexity=_perplexity(prob_sums / frames),
             teacher_labels=assignment.labels,
-            num_masked=torch.tensor(num_masked, device=frame_losses.device),
+            # made on the device: a host-to-device copy would wait for the device
+            num_masked=torch.full((), num_masked, dtype=torch.long, device=frame_losses.device),
         )
         return output if return_dict else output.to_tuple()
 
     @torch.no_grad()
     def _teacher_targets(
-        self, features: torch.Tensor, frame_mask: torch.Tensor | None, mask: torch.Tensor
+        self, features: torch.Tensor, frame_mask: torch.Tensor | None, index: torch.Tensor
     ) -> torch.Tensor:
-        """Instance-normalised before-residual outputs of the teacher's codebook layers at masked frames: (C, N, D) fp32."""
+        """Instance-normalised before-residual outputs of the teacher's codebook layers at masked frames: (C, N, D) fp32.
+
+        `index` holds the masked frames' positions in the flattened (batch x frames) grid (`masked_frame_index`).
+        """
         teacher = self.teacher(features, frame_mask, output_before_residual=True)
         targets = []
         for layer in self.config.codebook_layers:
             normed = masked_instance_norm(teacher.before_residual_states[layer - 1].float(), frame_mask)
-            targets.append(normed[mask])
+            targets.append(gather_frames(normed, index))
         return torch.stack(targets)
 
     @torch.no_grad()
@@ -238,14 +249,16 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
         return cfg.ema_start_decay + (cfg.ema_final_decay - cfg.ema_start_decay) * step / cfg.ema_final_step
 
     @torch.no_grad()
-    def ema_step(self) -> float:
+    def ema_step(self, step: int | None = None) -> float:
         """Move the teacher towards the student after an optimizer step; returns the decay used.
 
         Teacher parameters follow `t <- t + (1 - d)(s - t)`, except the positional convolution,
         which is copied from the student. Call it on the unwrapped model, once per optimizer step.
+        `step` is the step just taken (1 after the first), when the caller counts steps on the host
+        (as the trainer does); by default it is read from `current_step`, which waits for the device.
         """
         self.current_step += 1  # the decay of step s is d(s), s = 1 after the first optimizer step
-        decay = self.ema_decay()
+        decay = self.ema_decay(step)
         student = self.spidr.encoder
         if decay < 1.0:
             teacher_params, student_params = [], []
@@ -306,6 +319,28 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
         units = torch.full(frame_mask.shape, PADDING_UNIT, dtype=torch.int64, device=frame_mask.device)
         units[frame_mask] = self.head_units(features[frame_mask], layer).to(units.device)
         return units
+
+
+def masked_frame_index(mask: torch.Tensor, num_masked: int | None = None) -> torch.Tensor:
+    """Positions of the True frames of a `(batch, frames)` mask in the flattened grid, in row-major order.
+
+    `x.flatten(0, 1)[index]` equals `x[mask]`. Computed once per forward for every layer's gather.
+    Without `num_masked` the count is read from the device (a synchronisation, and a data-dependent
+    shape under torch.compile); with it, `nonzero_static` needs neither, and an asynchronous
+    assertion checks the count.
+    """
+    flat = mask.reshape(-1)
+    if num_masked is None:
+        return flat.nonzero().squeeze(-1)
+    if not isinstance(num_masked, int | torch.SymInt) or isinstance(num_masked, bool) or num_masked < 0:
+        raise TypeError(f"num_masked must be a non-negative int (the number of masked frames), got {num_masked!r}")
+    torch._assert_async(flat.sum() == num_masked, "num_masked differs from the number of masked frames")
+    return torch.nonzero_static(flat, size=num_masked).squeeze(-1)
+
+
+def gather_frames(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The frames of `(batch, frames, ...)` `x` at flattened positions `index`: `(len(index), ...)`."""
+    return x.flatten(0, 1).index_select(0, index)
 
 
 def masked_instance_norm(x: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The model on a CUDA device: reference parity (fp32, both codebook backends), bf16, padding, compile.
+"""The model on a CUDA device: reference parity (fp32, both codebook backends), bf16, padding, compile,
+the compiled pretraining step through the Triton custom operators (no graph break, no host sync).
 
 Skipped without a GPU (CI has none); ``benchmarks/gpu_session.sh`` runs them on a lent H100/H200.
 fp32 runs with TF32 off, so the tolerances only cover a different summation order than the
@@ -8,6 +9,7 @@ reference's CPU run: 1e-4 on features and losses (10x the CPU tests'), teacher l
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -123,3 +125,48 @@ def test_compiled_model_on_cuda_equals_eager():
         want = model(wave).last_hidden_state
         got = compiled(wave).last_hidden_state
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_compiled_pretraining_step_with_triton_kernels_on_cuda():
+    """Inductor traces the whole step through the Triton custom ops: eager's numbers, one graph per mask count
+    change at most, no graph break, and after warm-up no host synchronisation (sync debug mode "error")."""
+    from spidr_hf.training import compute_span_mask
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    config = SpidRConfig(
+        conv_dim=[128] * 7, hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024,
+        num_conv_pos_embedding_groups=16, num_codebooks=2, codebook_backend="triton",
+        hidden_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0,
+    )  # fmt: skip
+    eager = SpidRForPreTraining(config).cuda().train()
+    eager.defer_codebook_update = True
+    twin = copy.deepcopy(eager)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(twin, fullgraph=True)
+    wave = _wave(2, 2.0)
+    frames = config.frame_geometry.num_frames(wave.shape[1])
+    masks = [compute_span_mask((2, frames), generator=torch.Generator().manual_seed(seed)) for seed in range(2)]
+    for mask in masks:
+        count = int(mask.sum())
+        with no_tf32():
+            want = eager(wave, mask_time_indices=mask.cuda(), num_masked=count)
+            got = compiled(wave, mask_time_indices=mask.cuda(), num_masked=count)
+        assert (got.teacher_labels == want.teacher_labels).float().mean() > 0.99
+        torch.testing.assert_close(got.loss, want.loss, atol=1e-3, rtol=1e-3)
+        got.loss.backward()
+        want.loss.backward()
+        eager.apply_codebook_update()
+        twin.apply_codebook_update()
+    assert sum(counters["graph_break"].values()) == 0
+    assert counters["stats"]["unique_graphs"] <= 2
+    mask, count = masks[0].cuda(), int(masks[0].sum())
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        compiled(wave, mask_time_indices=mask, num_masked=count).frame_losses.sum().backward()
+        twin.apply_codebook_update()
+        twin.ema_step(3)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -24,10 +24,13 @@ if not HAS_CUDA:
 
 from spidr_hf.modeling import kernel_dispatch as _dispatch  # noqa: E402
 from spidr_hf.modeling.codebook_assign import (  # noqa: E402
+    ASSIGN_OP,
+    ASSIGN_TUNING,
     AssignConfig,
     reference_codebook_assign,
     triton_codebook_assign,
 )
+from spidr_hf.modeling.codebook_head_loss import HEAD_LOSS_BACKWARD_OP, HEAD_LOSS_OP  # noqa: E402
 
 from spidr_hf.kernels import (  # noqa: E402
     CodebookAssignment,
@@ -95,13 +98,50 @@ def test_triton_assign_matches_reference(shape, temperature):
 
 
 @needs_triton
-@pytest.mark.parametrize("temperature", [0.0, 2.0])
-def test_triton_assign_multi_tile_config(temperature):
+@pytest.mark.parametrize(("temperature", "statistics"), [(0.0, "atomic"), (0.0, "onehot"), (2.0, "atomic")])
+def test_triton_assign_multi_tile_config(temperature, statistics):
     """Explicit 16-wide blocks: several N, K and D tiles with ragged last tiles, on GPU too."""
     x, codewords = _random_inputs((2, 50, 37, 40), seed=1)
     config = AssignConfig(16, 16, 16, 4, 2, 16, 16, 16, 4)
-    got = triton_codebook_assign(x, codewords, temperature, "ieee", config)
+    got = triton_codebook_assign(x, codewords, temperature, "ieee", config, statistics=statistics)
     _assert_same_assignment(got, reference_codebook_assign(x, codewords, temperature))
+
+
+@needs_triton
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_triton_onehot_statistics_match_reference(shape):
+    """Hard statistics from the labels by a one-hot matmul (no atomics): counts exact, sums to fp32 rounding."""
+    x, codewords = _random_inputs(shape, seed=6)
+    got = codebook_assign(x, codewords, precision="ieee", backend="triton", statistics="onehot")
+    want = reference_codebook_assign(x, codewords)
+    _assert_same_assignment(got, want)
+    torch.testing.assert_close(got.counts, want.counts, rtol=0, atol=0)
+
+
+@needs_triton
+@pytest.mark.parametrize(("temperature", "statistics"), [(0.0, "atomic"), (0.0, "onehot"), (0.5, "atomic")])
+def test_triton_split_precision_matches_reference(temperature, statistics):
+    """"bf16x3" (16-bit halves on tensor cores; fp16 halves in the interpreter) keeps labels and statistics."""
+    x, codewords = _random_inputs((3, 45, 37, 40), seed=7)
+    got = codebook_assign(
+        x, codewords, temperature=temperature, precision="bf16x3", backend="triton", statistics=statistics
+    )
+    want = reference_codebook_assign(x, codewords, temperature)
+    torch.testing.assert_close(got.labels, want.labels, rtol=0, atol=0)
+    torch.testing.assert_close(got.counts, want.counts, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.sums, want.sums, rtol=1e-5, atol=1e-5)
+    if temperature:
+        torch.testing.assert_close(got.probs, want.probs, rtol=1e-4, atol=1e-6)
+
+
+@needs_triton
+@pytest.mark.parametrize("statistics", ["atomic", "onehot"])
+def test_triton_half_targets_with_split_precision(statistics):
+    """Half-precision frames (the teacher's autocast dtype) are read as they are: labels as fp32 math on the same values."""
+    x, codewords = _random_inputs((2, 40, 20, 24), seed=8)
+    half = x.bfloat16() if HAS_CUDA else x.half()  # the interpreter mishandles bf16 arithmetic, not fp16
+    got = codebook_assign(half, codewords, precision="bf16x3", backend="triton", statistics=statistics)
+    _assert_same_assignment(got, reference_codebook_assign(half.float(), codewords))
 
 
 def _tied_inputs() -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,12 +169,15 @@ def test_ties_go_to_the_lowest_index(backend):
     )
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize(
+    ("backend", "statistics"),
+    [("torch", "auto"), pytest.param("triton", "atomic", marks=needs_triton), pytest.param("triton", "onehot", marks=needs_triton)],
+)
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_empty_codewords_have_zero_statistics(backend, temperature):
+def test_empty_codewords_have_zero_statistics(backend, statistics, temperature):
     x, codewords = _random_inputs((3, 45, 20, 12), seed=2)
     codewords[:, [0, 13, 19]] = 1e3  # far from every frame: never nearest, probability underflows to 0
-    got = codebook_assign(x, codewords, temperature=temperature, backend=backend)
+    got = codebook_assign(x, codewords, temperature=temperature, backend=backend, statistics=statistics)
     assert (got.counts[:, [0, 13, 19]] == 0).all()
     assert (got.sums[:, [0, 13, 19]] == 0).all()
     assert got.counts.sum().item() == pytest.approx(3 * 45, rel=1e-5)
@@ -257,6 +300,102 @@ def test_reference_head_loss_matches_naive_formulation():
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The custom operators: registration, fake tensors, autograd, torch.compile
+# Their kernels: Triton on CUDA or under the interpreter, the torch formulas on other CPUs.
+
+
+def test_ops_are_registered_once_under_the_package_namespace():
+    assert str(ASSIGN_OP) == "spidr_hf.codebook_assign_v1.default"
+    assert str(HEAD_LOSS_OP) == "spidr_hf.codebook_head_loss_v1.default"
+    assert str(HEAD_LOSS_BACKWARD_OP) == "spidr_hf.codebook_head_loss_backward_v1.default"
+
+    def broken(*args):
+        raise AssertionError("a second registration must not replace the first")
+
+    # What a second import of modeling/ (a saved model's remote code) does: the first op stays.
+    again = _dispatch.define_op("codebook_assign", "(Tensor x) -> Tensor", broken, broken)
+    assert again is ASSIGN_OP
+    x, codewords = _random_inputs((2, 9, 4, 3))
+    labels, _, counts, _ = ASSIGN_OP(x, codewords, 0.0, "ieee", "atomic")
+    assert labels.shape == (2, 9) and counts.sum() == 18
+
+
+@pytest.mark.parametrize(("temperature", "statistics"), [(0.0, "atomic"), (0.0, "onehot"), (0.7, "atomic")])
+def test_assign_op_passes_opcheck_and_matches_reference(temperature, statistics):
+    """Schema, fake tensor and dynamic-shape tracing checks of torch.library.opcheck, and the op's values."""
+    x, codewords = _random_inputs((2, 19, 6, 5), seed=9)
+    args = (x, codewords, temperature, "ieee", statistics)
+    torch.library.opcheck(ASSIGN_OP, args)
+    labels, probs, counts, sums = ASSIGN_OP(*args)
+    want = reference_codebook_assign(x, codewords, temperature)
+    got = CodebookAssignment(labels, probs if temperature else None, counts, sums)
+    _assert_same_assignment(got, want)
+    assert probs.shape == ((2, 19, 6) if temperature else (2, 0, 6))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_head_loss_ops_pass_opcheck_and_match_reference(dtype):
+    logits, labels, weights = _head_inputs((3, 11, 7), dtype, seed=3)
+    leaf = logits.detach().requires_grad_()
+    torch.library.opcheck(HEAD_LOSS_OP, (leaf, labels))
+    losses, log_norms, prob_sums = HEAD_LOSS_OP(leaf, labels)
+    assert not log_norms.requires_grad and not prob_sums.requires_grad
+    (losses * weights).sum().backward()
+    torch.library.opcheck(HEAD_LOSS_BACKWARD_OP, (logits, labels, log_norms, weights))
+    want = _loss_and_grad(logits, labels, weights, "torch")
+    torch.testing.assert_close(losses.detach(), want[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(prob_sums, want[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(leaf.grad, want[2])
+
+
+def test_ops_compile_without_graph_breaks():
+    """Assignment, head loss and its backward inside one fullgraph-compiled function equal eager."""
+    from torch._dynamo.utils import counters
+
+    x, codewords = _random_inputs((2, 23, 7, 6), seed=10)
+    logits, _, weights = _head_inputs((2, 23, 7), torch.float32, seed=4)
+
+    def step(x, codewords, logits):
+        labels, _, counts, sums = ASSIGN_OP(x, codewords, 0.0, "ieee", "atomic")
+        losses, _, prob_sums = HEAD_LOSS_OP(logits, labels)
+        return (losses * weights).sum(), labels, counts, sums, prob_sums
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    results = []
+    for fn in (step, compiled):
+        leaf = logits.detach().requires_grad_()
+        loss, *outputs = fn(x, codewords, leaf)
+        loss.backward()  # through the compiled graph's backward, which calls the backward op
+        results.append((*outputs, leaf.grad))
+    assert sum(counters["graph_break"].values()) == 0
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_tuning_configs_fit_the_codebook_size():
+    """On a GPU, triton.autotune tries only codeword tiles as wide as K needs (a narrow K keeps the narrowest)."""
+    from spidr_hf.modeling.codebook_assign import _prune_wide_codeword_tiles, _tuning_configs
+
+    configs = _tuning_configs(ASSIGN_TUNING)
+    assert len(configs) == len(ASSIGN_TUNING)
+    assert _prune_wide_codeword_tiles(configs, {"K": 256}) == configs
+    kept = _prune_wide_codeword_tiles(configs, {"K": 100})
+    assert kept and all(c.kwargs["BLOCK_K"] <= 128 for c in kept)
+    (narrowest,) = _prune_wide_codeword_tiles(configs, {"K": 20})
+    assert narrowest.kwargs["BLOCK_K"] == 64
+
+
+@needs_triton
+def test_triton_training_step_compiles_without_graph_breaks():
+    """The pretraining step with the Triton backend (its custom ops) under torch.compile(fullgraph=True) equals eager."""
+    from compile_checks import compare_compiled_step
+
+    assert compare_compiled_step("triton") == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Input validation and backend selection
 
 
@@ -272,6 +411,7 @@ def test_reference_head_loss_matches_naive_formulation():
         ((2, 5, 4), (3, 4), {}, ValueError, r"codewords must have shape \(C, K, D\)"),
         ((2, 5, 4), (2, 0, 4), {}, ValueError, "K=0"),
         ((2, 5, 4), (2, 3, 4), {"precision": "fp16"}, ValueError, "precision must be one of"),
+        ((2, 5, 4), (2, 3, 4), {"statistics": "sorted"}, ValueError, "statistics must be one of"),
         ((2, 5, 4), (2, 3, 4), {"backend": "cuda"}, ValueError, "backend must be one of"),
     ],
 )
@@ -320,6 +460,11 @@ def test_forced_triton_explains_what_is_missing(monkeypatch):
     with pytest.raises(RuntimeError, match="pip install triton"):
         _dispatch.resolve_backend("triton", torch.device("cuda"))
     assert _dispatch.resolve_backend("auto", torch.device("cuda")) == "torch"
+    monkeypatch.setattr(_dispatch, "triton_available", lambda: True)
+    assert _dispatch.resolve_backend("auto", torch.device("cuda")) == "triton"
+    # an op whose Triton kernel loses to compiled torch routes "auto" to torch on CUDA too
+    assert _dispatch.resolve_backend("auto", torch.device("cuda"), cuda_auto="torch") == "torch"
+    assert _dispatch.resolve_backend("auto", torch.device("cpu"), cuda_auto="triton") == "torch"
 
 
 def test_interpreter_version_clash_gets_a_clear_error(monkeypatch):
@@ -355,6 +500,61 @@ def test_package_works_without_triton():
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+# Ahead-of-time compilation for an H100/H200 (sm90) with Triton's bundled ptxas: the interpreter cannot catch
+# what only the GPU compiler checks (dot operand types and shapes, shared memory), and CI has no GPU.
+AOT_SCRIPT = """
+import importlib
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+assign = importlib.import_module("spidr_hf.modeling.codebook_assign")
+frames = {"N": "i32", "K": "i32", "D": "i32", "stride_xc": "i64", "stride_xn": "i64"}
+kernels = {
+    "assign": (assign._assign_kernel, lambda x, w: {
+        "x_ptr": x, "c_ptr": "*fp32", "labels_ptr": "*i64", "counts_ptr": "*fp32", "sums_ptr": "*fp32",
+        "probs_ptr": "*fp32", **frames, "stride_cc": "i64", "stride_ck": "i64", "neg_inv_temp": "fp32"}),
+    "stats": (assign._stats_kernel, lambda x, w: {
+        "x_ptr": x, "weights_ptr": w, "counts_ptr": "*fp32", "sums_ptr": "*fp32", **frames}),
+}
+cases = [  # kernel, frames dtype, weights dtype, constexprs
+    ("assign", "*fp32", None, dict(SOFT=False, ATOMIC_STATS=True, PRECISION="tf32x3")),
+    ("assign", "*bf16", None, dict(SOFT=False, ATOMIC_STATS=False, PRECISION="bf16x3")),
+    ("assign", "*fp32", None, dict(SOFT=True, ATOMIC_STATS=False, PRECISION="bf16x3")),
+    ("stats", "*fp32", "*i64", dict(HARD=True, PRECISION="bf16x3")),
+    ("stats", "*fp32", "*fp32", dict(HARD=False, PRECISION="tf32x3")),
+]
+tuning = {"assign": assign.ASSIGN_TUNING[0], "stats": assign.STATS_TUNING[-1]}
+for name, x, w, modes in cases:
+    fn, signature = kernels[name]
+    n, k, d, warps, stages = tuning[name]
+    constexprs = {**modes, "BLOCK_N": n, "BLOCK_K": k, "BLOCK_D": d}
+    signature = {**signature(x, w), **{key: "constexpr" for key in constexprs}}
+    compiled = triton.compile(
+        ASTSource(fn, signature, constexprs),
+        target=GPUTarget("cuda", 90, 32),
+        options={"num_warps": warps, "num_stages": stages},
+    )
+    assert compiled.metadata.shared <= 227 * 1024, (name, modes, compiled.metadata.shared)
+    print("compiled", name, modes)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _dispatch.triton_available(), reason="needs the triton package")
+def test_kernels_compile_for_a_gpu_without_one():
+    """The assignment and statistics kernels in their GPU-only variants compile for sm90 (no GPU needed)."""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", AOT_SCRIPT], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
+    if done.returncode != 0 and "ptxas" in done.stderr and "not found" in done.stderr.lower():
+        pytest.skip("Triton's bundled ptxas is missing here")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert done.stdout.count("compiled") == 5
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -425,15 +625,21 @@ def test_gpu_head_loss_at_training_shape():
 @pytest.mark.skipif(
     bool(INTERPRETER_PROBLEM), reason=f"the CPU smoke runs need the interpreter: {INTERPRETER_PROBLEM}"
 )
-def test_benchmark_scripts_cpu_smoke():
-    """Both scripts' main() in one child process (one interpreter start-up instead of two)."""
+def test_benchmark_scripts_cpu_smoke(tmp_path):
+    """Both scripts' main() in one child process (one interpreter start-up instead of two), then the session table."""
+    rows = tmp_path / "kernels.rows.json"
     code = (
         "import sys; sys.path.insert(0, 'benchmarks')\n"
-        "import bench_codebook, gpu_kernels_check\n"
-        "assert bench_codebook.main(['--cpu-smoke', '--no-compile']) == 0\n"
+        "import bench_codebook, gpu_kernels_check, session_table\n"
+        f"assert bench_codebook.main(['--cpu-smoke', '--no-compile', '--rows', {str(rows)!r}]) == 0\n"
         "assert gpu_kernels_check.main(['--cpu-smoke', '--no-compile']) == 0\n"
+        f"assert session_table.main([{str(tmp_path)!r}]) == 0\n"
     )
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert done.stdout.count("assign + statistics") == 2 and "RESULT: PASS" in done.stdout
+    assert done.stdout.count("assign + statistics") == 3 and "RESULT: PASS" in done.stdout
+    table = done.stdout[done.stdout.index("what "):]
+    for column in ("eager", "compiled", "default", "peak MiB", "graphs", "breaks", "syncs"):
+        assert column in table.splitlines()[0]
+    assert "  onehot statistics" in table and "head loss fwd+bwd" in table

@@ -107,3 +107,23 @@ torch.save({{"loss": loss, "units": units}}, {str(tmp_path / "out.pt")!r})
     out = torch.load(tmp_path / "out.pt")
     torch.testing.assert_close(out["loss"], loss)
     assert torch.equal(out["units"], units)
+
+
+def test_remote_code_next_to_the_package_reuses_its_custom_ops(tmp_path):
+    """A saved model's remote code imported where the package is: modeling/ loads twice, each op registers once."""
+    import importlib
+
+    from pretrain_worker import micro_model
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    from spidr_hf.model_dir import save_pretrained_with_code
+
+    save_pretrained_with_code(micro_model(seed=0), tmp_path / "model")
+    remote_class = get_class_from_dynamic_module(
+        "modeling_spidr_pretraining.SpidRForPreTraining", str(tmp_path / "model")
+    )
+    package = remote_class.__module__.rsplit(".", 1)[0]
+    assert package.startswith("transformers_modules"), package
+    for name, op in (("codebook_assign", "ASSIGN_OP"), ("codebook_head_loss", "HEAD_LOSS_OP")):
+        remote, local = sys.modules[f"{package}.{name}"], importlib.import_module(f"spidr_hf.modeling.{name}")
+        assert remote is not local and getattr(remote, op) is getattr(local, op)

@@ -141,9 +141,9 @@ class SpidRTeacherCallback(TrainerCallback):
             model.discard_codebook_update()  # a skipped step changes nothing
             return
         model.apply_codebook_update()
-        self.last_ema_decay = model.ema_step()
         if self._ema_steps is not None:
             self._ema_steps += 1
+        self.last_ema_decay = model.ema_step(self._ema_steps)  # the host count: no wait for the device
 
 
 class PretrainingProgress(ProgressCallback):
@@ -307,9 +307,12 @@ class SpidRPretrainer(Trainer):
         the device: the values are read at the next log.
         """
         batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        for batch in batches:  # CPU tensors: the Trainer moves them later
+            # the model then gathers the masked frames without waiting for the device (and compiles to a known shape)
+            batch["num_masked"] = int(batch["mask_time_indices"].sum())
         counts = torch.tensor(
             [
-                sum(int(b["mask_time_indices"].sum()) for b in batches),  # CPU tensors: the Trainer moves them later
+                sum(b["num_masked"] for b in batches),
                 sum(b["input_values"].numel() for b in batches),
                 sum(int(b.get("num_skipped", 0)) for b in batches),
             ],
@@ -338,7 +341,11 @@ class SpidRPretrainer(Trainer):
             outputs = None
             loss = self._empty_batch_loss(model)
         else:
-            outputs = model(input_values=inputs["input_values"], mask_time_indices=inputs["mask_time_indices"])
+            outputs = model(
+                input_values=inputs["input_values"],
+                mask_time_indices=inputs["mask_time_indices"],
+                num_masked=inputs.get("num_masked"),
+            )
             if num_items_in_batch is None:
                 loss = outputs.loss
             else:
