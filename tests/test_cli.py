@@ -19,7 +19,7 @@ KEBAB = {
     "evaluate": ["--alignments", "a.jsonl", "--units", "u.jsonl", "--output-dir", "e", "--codebook-size", "4",
                  "--exclude-silence", "--features-extension", ".npy"],
     "synth-corpus": ["corpus", "--minutes", "0.5", "--overwrite"],
-    "demo": ["--output-dir", "d", "--max-steps", "3", "--unit-layer", "3"],
+    "demo": ["--output-dir", "d", "--max-steps", "3", "--heldout-minutes", "1", "--curve-every", "2"],
 }  # fmt: skip
 
 
