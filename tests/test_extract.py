@@ -234,10 +234,13 @@ def test_fit_kmeans_cli_saves_units_that_extract_finds(model_dir, model, audio_d
     assert "k must be between 1 and the number of frames (150)" in capsys.readouterr().err
 
 
-def test_exit_codes(model_dir, audio_dir, tmp_path):
+def test_exit_codes(model_dir, audio_dir, tmp_path, capsys):
+    """Every mistake or unusable input is one line and status 2 (status 1 used to mean "all failed" or --strict)."""
     corrupt = audio_dir / "corrupt.wav"
-    assert _run(model_dir, corrupt, "--output-dir", tmp_path / "bad") == 1  # everything failed
-    assert _run(model_dir, audio_dir / "a.wav", corrupt, "--output-dir", tmp_path / "strict", "--strict") == 1
+    assert _run(model_dir, corrupt, "--output-dir", tmp_path / "bad") == 2  # everything failed
+    assert "spidr-hf extract: error: no input could be processed: all 1 failed" in capsys.readouterr().err
+    assert _run(model_dir, audio_dir / "a.wav", corrupt, "--output-dir", tmp_path / "strict", "--strict") == 2
+    assert "--strict: stopping at the first failure" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _run(model_dir, audio_dir, "--output-dir", tmp_path / "x", "--units", "head")  # no --layer
 
