@@ -109,8 +109,11 @@ def is_hf_dataset(source: Any) -> bool:
 
 
 def is_saved_dataset(path: Path) -> bool:
-    """Whether ``path`` is a folder written by ``datasets``' ``save_to_disk``."""
-    return path.is_dir() and any((path / name).is_file() for name in ("state.json", "dataset_dict.json"))
+    """Whether ``path`` is a folder written by ``datasets``' ``save_to_disk`` (a folder that cannot be read is not)."""
+    try:
+        return path.is_dir() and any((path / name).is_file() for name in ("state.json", "dataset_dict.json"))
+    except PermissionError:  # the folder walk reports it
+        return False
 
 
 def prepare_hf_dataset(dataset: Any, audio_column: str = "audio") -> Any:

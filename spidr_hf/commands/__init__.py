@@ -18,6 +18,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from transformers.utils import logging as transformers_logging
+
 from ..errors import UsageError
 from ..progress import set_quiet
 
@@ -58,6 +60,8 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
 def apply_output_flags(args: argparse.Namespace, level: int = logging.INFO) -> None:
     """Configure logging (``level``, WARNING with ``--quiet``) and the progress bars for this process."""
     set_quiet(args.quiet)
+    if args.quiet:  # transformers' own bars (loading and writing weights) too
+        transformers_logging.disable_progress_bar()
     logging.basicConfig(level=logging.WARNING if args.quiet else level, format="%(levelname)s %(message)s")
 
 
