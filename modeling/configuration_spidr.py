@@ -7,10 +7,13 @@ this file, which imports nothing but transformers.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
 
 SAMPLING_RATE = 16_000
 """The rate of the audio every SpidR model reads."""
@@ -212,18 +215,37 @@ class SpidRConfig(PretrainedConfig):
         self._validate()
 
     def _validate(self) -> None:
+        """Refuse values the model cannot be built or trained with, naming the field and what it takes."""
+        for name in ("conv_dim", "conv_kernel", "conv_stride"):
+            values = getattr(self, name)
+            if not values or not all(_is_int(v) and v > 0 for v in values):
+                raise ValueError(f"{name} must be a non-empty list of positive integers (one per conv layer), got {values!r}.")
         if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride):
             raise ValueError(
                 "conv_dim, conv_kernel and conv_stride must have one entry per conv layer, got "
                 f"{len(self.conv_dim)}, {len(self.conv_kernel)} and {len(self.conv_stride)}."
             )
+        for name in _POSITIVE_INTS:
+            _check(self, name, _is_int, "a positive integer", lambda v: v > 0)
+        for name in _STEPS:
+            _check(self, name, _is_int, "a non-negative integer", lambda v: v >= 0)
+        for name in _FRACTIONS:
+            _check(self, name, _is_real, "a number between 0 and 1", lambda v: 0 <= v <= 1)
+        _check(self, "layer_norm_eps", _is_real, "a positive number", lambda v: v > 0)
+        _check(self, "ema_timescale", _is_real, "a positive number", lambda v: v > 0)
+        _check(self, "ema_threshold", _is_real, "a non-negative number", lambda v: v >= 0)
+        _check(self, "initializer_range", _is_real, "a non-negative number", lambda v: v >= 0)
+        for name in ("conv_bias", "qkv_bias"):
+            _check(self, name, lambda v: isinstance(v, bool), "true or false", lambda v: True)
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"hidden_act must be one of transformers' activations {sorted(ACT2FN)}, got {self.hidden_act!r}.")
         if self.feat_extract_norm not in {"layer_norm", "group_norm"}:
             raise ValueError(f"feat_extract_norm must be 'layer_norm' or 'group_norm', got {self.feat_extract_norm!r}.")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
-                f"({self.num_attention_heads})."
-            )
+        for name in ("num_attention_heads", "num_conv_pos_embedding_groups"):
+            if self.hidden_size % getattr(self, name):
+                raise ValueError(
+                    f"hidden_size ({self.hidden_size}) must be divisible by {name} ({getattr(self, name)})."
+                )
         if not 0 < self.num_codebooks <= self.num_hidden_layers:
             raise ValueError(
                 f"num_codebooks must be between 1 and num_hidden_layers ({self.num_hidden_layers}), "
@@ -303,6 +325,34 @@ class SpidRConfig(PretrainedConfig):
         )
         defaults.update(kwargs)
         return cls(**defaults)
+
+
+# fields checked by SpidRConfig._validate, by the kind of value they take
+_POSITIVE_INTS = (
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_conv_pos_embeddings",
+    "num_conv_pos_embedding_groups", "num_conv_pos_embedding_layers", "num_codebooks", "codebook_size",
+    "ema_final_step",
+)  # fmt: skip
+_STEPS = ("ema_frozen_step", "freeze_feature_encoder_step")
+_FRACTIONS = (
+    "feat_proj_dropout", "hidden_dropout", "attention_dropout", "activation_dropout", "layerdrop",
+    "codebook_decay", "ema_start_decay", "ema_final_decay",
+)  # fmt: skip
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check(config: PretrainedConfig, name: str, is_kind, kind: str, is_valid) -> None:
+    """Raise a ValueError naming `name` unless its value is of the right kind and valid."""
+    value = getattr(config, name)
+    if not (is_kind(value) and is_valid(value)):
+        raise ValueError(f"{name} must be {kind}, got {value!r}.")
 
 
 __all__ = ["DEFAULT_CONV_KERNEL", "DEFAULT_CONV_STRIDE", "SAMPLING_RATE", "FrameGeometry", "SpidRConfig", "num_frames"]

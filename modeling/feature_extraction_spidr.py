@@ -86,6 +86,8 @@ class SpidRFeatureExtractor(SequenceFeatureExtractor):
         waves = [self._validate(w, i) for i, w in enumerate(_as_utterances(raw_speech))]
         if sampling_rate != self.sampling_rate:
             waves = [self._resample(w, sampling_rate) for w in waves]
+        if truncation:  # before standardising, so that what the model sees is zero-mean, unit-variance
+            waves = [w[: _truncation_length(max_length, pad_to_multiple_of)] for w in waves]
         for i, wave in enumerate(waves):
             if wave.shape[0] < self.min_samples:
                 raise ValueError(
@@ -127,10 +129,26 @@ def standardize(wave: np.ndarray) -> np.ndarray:
     """Zero mean, unit variance (the recipe's per-utterance normalisation, as in Wav2Vec2FeatureExtractor).
 
     Defined here, not imported, so this file loads with `trust_remote_code` without spidr_hf;
-    `spidr_hf.audio.standardize` is this function.
+    `spidr_hf.audio.standardize` is this function. Audio so loud that its float32 variance
+    overflows (samples beyond about 1e19) is first scaled to a peak of 1: the result is the same
+    up to the 1e-7 in the denominator, instead of the zeros of `x / inf`.
     """
     wave = wave.astype(np.float32, copy=False)
-    return ((wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)).astype(np.float32)
+    with np.errstate(over="ignore"):  # an overflow is handled below
+        mean, var = wave.mean(), wave.var()
+    if not (np.isfinite(mean) and np.isfinite(var)):
+        wave = wave / np.abs(wave).max()
+        mean, var = wave.mean(), wave.var()
+    return ((wave - mean) / np.sqrt(var + 1e-7)).astype(np.float32)
+
+
+def _truncation_length(max_length: int | None, pad_to_multiple_of: int | None) -> int:
+    """The length `SequenceFeatureExtractor.pad` truncates to: `max_length`, rounded up to `pad_to_multiple_of`."""
+    if max_length is None:
+        raise ValueError("truncation=True needs max_length (the longest utterance to keep, in samples).")
+    if pad_to_multiple_of and max_length % pad_to_multiple_of:
+        max_length = (max_length // pad_to_multiple_of + 1) * pad_to_multiple_of
+    return max_length
 
 
 def _as_utterances(raw_speech: Any) -> list[np.ndarray]:

@@ -39,6 +39,12 @@ class SpidRForPreTrainingOutput(ModelOutput):
         teacher_labels (`torch.LongTensor` of shape `(num_codebooks, num_masked)`): nearest
             codeword of each masked teacher frame, per codebook.
         num_masked (`torch.LongTensor`, scalar): masked frames in this batch (on this rank).
+        hidden_states (`tuple(torch.FloatTensor)`, returned with `output_hidden_states=True`): the
+            student's, as [`SpidRModelOutput.hidden_states`] (its input has the masked frames replaced).
+        before_residual_states (`tuple(torch.FloatTensor)`, returned with `output_hidden_states=True`):
+            the student's, as [`SpidRModelOutput.before_residual_states`].
+        attentions (`tuple(torch.FloatTensor)`, returned with `output_attentions=True`): the student's
+            attention probabilities per layer, `(batch, heads, frames, frames)`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -47,6 +53,9 @@ class SpidRForPreTrainingOutput(ModelOutput):
     prediction_perplexity: torch.FloatTensor | None = None
     teacher_labels: torch.LongTensor | None = None
     num_masked: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    before_residual_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class SpidRForPreTraining(SpidRPreTrainedModel):
@@ -89,6 +98,7 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
             init.uniform_(self.mask_embedding, 0.0, 1.0)
             init.copy_(self.codebook_sums, _initial_codebooks(self.config))
             init.ones_(self.codebook_counts)
+            init.zeros_(self.current_step)  # from_pretrained of an encoder checkpoint would leave it uninitialised
             # the teacher starts with the student's positional convolutions (and the EMA keeps copying them)
             for teacher_p, student_p in zip(
                 self.teacher.pos_conv_embed.parameters(), self.spidr.encoder.pos_conv_embed.parameters(), strict=True
@@ -111,6 +121,8 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
         input_values: torch.Tensor,
         mask_time_indices: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         num_masked: int | None = None,
         **kwargs,
@@ -125,11 +137,17 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
                 real frames) when the caller knows it on the host, as the trainer does: the masked
                 frames are then gathered without waiting for the device, with a shape `torch.compile`
                 sees. A wrong count fails a device-side assertion.
+            output_hidden_states, output_attentions (`bool`, *optional*): also return the student's
+                hidden states (and before-residual outputs), or its attention probabilities.
 
         In training mode, the codebooks are updated (after assignment) from this batch's masked
         teacher frames, summed over data-parallel ranks.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
         if mask_time_indices is None:
             raise ValueError(
                 "SpidRForPreTraining needs `mask_time_indices` (batch, frames): the frames to mask and predict. "
@@ -151,7 +169,13 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
 
         student_input = self.spidr.feat_proj_dropout(features)
         student_input = torch.where(mask[..., None], self.mask_embedding.to(student_input.dtype), student_input)
-        student = self.spidr.encoder(student_input, frame_mask, output_before_residual=True)
+        student = self.spidr.encoder(
+            student_input,
+            frame_mask,
+            output_hidden_states=output_hidden_states,
+            output_before_residual=True,
+            output_attentions=output_attentions,
+        )
         targets = self._teacher_targets(features.detach(), frame_mask, index)
 
         assignment = codebook_assign(targets, self.codewords.float(), backend=self.config.codebook_backend)
@@ -175,6 +199,9 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
             teacher_labels=assignment.labels,
             # made on the device: a host-to-device copy would wait for the device
             num_masked=torch.full((), num_masked, dtype=torch.long, device=frame_losses.device),
+            hidden_states=student.hidden_states,
+            before_residual_states=student.before_residual_states if output_hidden_states else None,
+            attentions=student.attentions,
         )
         return output if return_dict else output.to_tuple()
 

@@ -10,6 +10,7 @@ the same formula as transformers' ``Wav2Vec2FeatureExtractor`` (see :func:`stand
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,6 +28,8 @@ AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".mp3", ".ogg")
 """File name endings (lower case) that :func:`find_audio_files` collects."""
 
 AudioSource = str | os.PathLike | BinaryIO
+
+logger = logging.getLogger(__name__)
 
 
 class AudioDecodeError(ValueError):
@@ -158,13 +161,61 @@ def standardize(wave: np.ndarray) -> np.ndarray:
     return _feature_extractor_standardize(np.asarray(wave, dtype=np.float32))
 
 
-def find_audio_files(root: str | os.PathLike, extensions: Iterable[str] = AUDIO_EXTENSIONS) -> list[Path]:
-    """All files under ``root`` (recursively) whose name ends with one of ``extensions``.
+def walk_audio_files(
+    root: str | os.PathLike, extensions: Iterable[str] = AUDIO_EXTENSIONS
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """All files under ``root`` (recursively) whose name ends with one of ``extensions``, and what could not be read.
 
-    The match ignores case; the result is sorted by path so that indexing is reproducible.
+    The match ignores case; files are sorted by path so that indexing is reproducible. Symbolic
+    links to folders are followed, except a link back to an enclosing folder (a loop) or to a
+    folder already listed. Each path that is skipped comes back as ``(path, reason)``: a loop, a
+    second link to a folder, a dangling link, a folder that cannot be listed.
     """
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(f"audio folder {root} does not exist or is not a folder.")
     wanted = tuple(ext.lower() for ext in extensions)
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(wanted))
+    files: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    listed: dict[tuple[int, int], str] = {}  # (device, inode) of each folder listed -> its path
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        try:
+            status = folder.stat()
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError as err:
+            problems.append((str(folder), f"cannot list this folder: {err.strerror or err}"))
+            continue
+        if (status.st_dev, status.st_ino) in listed:
+            problems.append((str(folder), f"a second link to the folder {listed[status.st_dev, status.st_ino]}: skipped"))
+            continue
+        listed[status.st_dev, status.st_ino] = str(folder)
+        here = os.path.realpath(folder)
+        subfolders = []
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                if entry.is_dir():
+                    target = os.path.realpath(path)
+                    if entry.is_symlink() and (here + os.sep).startswith(target.rstrip(os.sep) + os.sep):
+                        problems.append((str(path), f"symbolic link loop (to the enclosing folder {target}): not followed"))
+                    else:
+                        subfolders.append(path)
+                elif entry.is_file():
+                    if entry.name.lower().endswith(wanted):
+                        files.append(path)
+                elif entry.is_symlink():
+                    problems.append((str(path), f"dangling symbolic link (to {os.readlink(path)}, which does not exist)"))
+            except OSError as err:
+                problems.append((str(path), f"cannot read: {err.strerror or err}"))
+        folders += reversed(subfolders)  # depth first, in name order: the first of two links to a folder is read
+    return sorted(files), sorted(problems)
+
+
+def find_audio_files(root: str | os.PathLike, extensions: Iterable[str] = AUDIO_EXTENSIONS) -> list[Path]:
+    """The files of :func:`walk_audio_files`; what it could not read is logged as a warning."""
+    files, problems = walk_audio_files(root, extensions)
+    for path, reason in problems:
+        logger.warning("%s: %s", path, reason)
+    return files

@@ -12,6 +12,7 @@ import torch
 
 from .model_dir import save_pretrained_with_code, write_model_card
 from .modeling import SpidRConfig, SpidRForPreTraining
+from .runs import prepare_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,33 @@ def _find_state_dict(obj: object) -> dict[str, torch.Tensor] | None:
                 if found is not None:
                     return found
     return None
+
+
+def read_reference_config(path: str | Path) -> dict:
+    """The reference `config.json` (training config with a "model" section, or that section alone), checked.
+
+    Raises `CheckpointError` for a file that is not JSON, not an object, a transformers config, or
+    has none of the reference model's fields.
+    """
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"config {path} is not a JSON file ({err}).") from err
+    model = values.get("model", values) if isinstance(values, dict) else None
+    if not isinstance(model, dict):
+        raise CheckpointError(f"config {path} is not a JSON object with the reference model's fields.")
+    if "model_type" in values:
+        raise CheckpointError(
+            f"config {path} is a transformers configuration (model_type {values['model_type']!r}), not the "
+            "reference SpidR config.json that came with the checkpoint."
+        )
+    known = {*_CONFIG_FIELDS, "extractor_mode", "extractor_conv_layer_config"}
+    if not known & set(model):
+        raise CheckpointError(
+            f"config {path} has none of the reference SpidR model's fields (e.g. encoder_embed_dim, "
+            f"extractor_conv_layer_config); its keys are {sorted(model)[:8]}."
+        )
+    return values
 
 
 def config_from_reference(
@@ -227,10 +255,13 @@ def convert_checkpoint(
     """Convert a reference checkpoint into a transformers directory (config, safetensors, preprocessor,
     model card and remote code). The reference `config.json` beside `src` is used when present."""
     src, out_dir = Path(src), Path(out_dir)
+    prepare_output_dir(out_dir, "output folder", create=False)  # before the (slow) loading
+    if config_path is not None and not Path(config_path).is_file():
+        raise FileNotFoundError(f"No config at {config_path}.")
     state = load_reference_state_dict(src)
     if config_path is None and (src.parent / "config.json").is_file():
         config_path = src.parent / "config.json"
-    reference_config = json.loads(Path(config_path).read_text()) if config_path is not None else None
+    reference_config = read_reference_config(config_path) if config_path is not None else None
     config = config_from_reference(state, reference_config, model_type=model_type)
     model = load_converted_model(state, config)
     save_pretrained_with_code(model, out_dir)

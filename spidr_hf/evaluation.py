@@ -41,30 +41,48 @@ MAX_LENGTH_MISMATCH = 2  # frames; convolution edge effects, not a misalignment
 # --------------------------------------------------------------------------- reading
 
 
-def read_jsonl_field(path: str | Path, key: str) -> dict[str, list]:
-    """``{id: record[key]}`` from a JSON-lines file; a repeated id or a missing key is an error."""
+def read_jsonl_field(path: str | Path, key: str, item_type: type | None = None) -> dict[str, list]:
+    """``{id: record[key]}`` from a JSON-lines file of objects.
+
+    A line that is not a JSON object, a missing key, a repeated id, or (with ``item_type``) a value
+    that is not a list of ``item_type`` is a ``ValueError`` naming the file and line.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a JSON-lines file.")
     result: dict[str, list] = {}
-    with Path(path).open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            record = json.loads(line)
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err.msg})") from err
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: expected a JSON object with 'id' and {key!r}, got {type(record).__name__}")
             if "id" not in record or key not in record:
-                raise ValueError(f"{path}:{number}: expected keys 'id' and {key!r}, got {sorted(record)}")
+                raise ValueError(f"{where}: expected keys 'id' and {key!r}, got {sorted(record)}")
             if record["id"] in result:
-                raise ValueError(f"{path}:{number}: id {record['id']!r} appears twice")
-            result[record["id"]] = record[key]
+                raise ValueError(f"{where}: id {record['id']!r} appears twice")
+            value = record[key]
+            if item_type is not None and not (
+                isinstance(value, list) and all(isinstance(v, item_type) and not isinstance(v, bool) for v in value)
+            ):
+                raise ValueError(f"{where}: {key!r} must be a list of {item_type.__name__}, got {value!r:.60}")
+            result[record["id"]] = value
     return result
 
 
 def read_alignments(path: str | Path) -> dict[str, list[str]]:
     """Frame phone labels by utterance id from ``alignments.jsonl``."""
-    return read_jsonl_field(path, "phones")
+    return read_jsonl_field(path, "phones", str)
 
 
 def read_units(path: str | Path) -> dict[str, list[int]]:
     """Frame units by utterance id from ``units.jsonl``."""
-    return read_jsonl_field(path, "units")
+    return read_jsonl_field(path, "units", int)
 
 
 def read_phone_inventory(path: str | Path) -> list[str]:

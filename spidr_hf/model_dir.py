@@ -8,6 +8,8 @@ demo's models are all written here.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -160,3 +162,55 @@ def write_model_card(out_dir: str | Path, config: SpidRConfig, origin: str, **kw
     out = Path(out_dir) / "README.md"
     out.write_text(render_model_card(config, origin, path=str(out_dir), **kwargs))
     return out
+
+
+# ------------------------------------------------------------------------------ reading one
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def read_spidr_config(path: str | os.PathLike) -> SpidRConfig:
+    """The `SpidRConfig` in a `config.json` (or in a model folder's), refusing what is not one.
+
+    Raises `ValueError` for a file that is not a JSON object, or the configuration of another
+    kind of model (its `model_type`), and `FileNotFoundError` when there is no such file.
+    """
+    path = Path(path)
+    file = path / "config.json" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} has no config.json." if path.is_dir() else f"config {path} does not exist.")
+    try:
+        values = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{file} is not a JSON file ({err}).") from err
+    if not isinstance(values, dict):
+        raise ValueError(f"{file} holds a JSON {type(values).__name__}, not a model configuration (an object).")
+    model_type = values.get("model_type", SpidRConfig.model_type)
+    if model_type != SpidRConfig.model_type:
+        raise ValueError(f"{file} configures a {model_type!r} model, not a SpidR model (model_type 'spidr').")
+    return SpidRConfig.from_dict(values)
+
+
+def check_model_source(model: str | os.PathLike) -> str:
+    """`model` as `from_pretrained` should get it: a SpidR model folder, checked, or a Hub id (`org/name`).
+
+    A path that does not exist locally goes to the Hub only when it reads as a Hub repository id
+    (`org/name`, no local folder `org`); anything else is a missing folder, reported at once
+    (`FileNotFoundError`) instead of after the Hub client's retries. A folder must hold a SpidR
+    `config.json` and weights (`ValueError` otherwise).
+    """
+    path = Path(model)
+    if path.is_dir():
+        read_spidr_config(path)
+        if not any((path / name).is_file() for name in _WEIGHT_FILES):
+            raise ValueError(
+                f"model folder {path} has no weights ({_WEIGHT_FILES[0]}): give a folder written by "
+                "save_pretrained, spidr-hf convert or spidr-hf pretrain."
+            )
+        return str(path)
+    if path.exists():
+        raise NotADirectoryError(f"model {path} is a file: give the model's folder (config.json, model.safetensors).")
+    text = str(model)
+    if _HUB_ID.match(text) and not Path(text.split("/")[0]).exists():
+        return text
+    raise FileNotFoundError(f"model folder {path} does not exist.")

@@ -43,7 +43,10 @@ Inputs: 1-D numpy arrays and torch tensors (at ``sampling_rate=``, default 16 kH
 ``{"array" or "raw": samples, "sampling_rate": rate}`` (the ``datasets`` Audio layout; other
 rates are resampled), ``{"bytes": ..., "path": ...}`` (``datasets`` ``Audio(decode=False)``),
 encoded ``bytes``, and file paths, decoded with soundfile through :mod:`spidr_hf.sources` (no
-ffmpeg needed; multi-channel files are averaged to mono). Options (at construction or per
+ffmpeg needed; multi-channel files are averaged to mono). An array is one mono waveform: a 2-D
+array with one channel is squeezed, one with several channels is refused with how to downmix it
+(never read as a batch, whose rows but the first would be dropped); errors name the input (its
+index in a list). Options (at construction or per
 call): ``layer`` (1-based; 0 is the transformer input for ``"hidden_state"``; default: the
 last layer) and ``representation`` (``"hidden_state"``, the layer's post-LayerNorm output,
 or ``"before_residual"``, its feed-forward output before the residual add, the
@@ -57,6 +60,7 @@ import io
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -126,10 +130,18 @@ class SpidRFeatureExtractionPipeline(FeatureExtractionPipeline):
         return preprocess_params, forward_params, postprocess_params
 
     def preprocess(self, inputs: Any, sampling_rate: int | None = None) -> dict[str, torch.Tensor]:
-        wave, rate = self._decode(inputs, sampling_rate)
-        return self.feature_extractor(
-            wave, sampling_rate=rate, return_tensors="pt", return_attention_mask=True
-        )
+        name = "the input"
+        if isinstance(inputs, _Numbered):  # one input of a list (see __call__)
+            name, inputs = f"input {inputs.index}", inputs.item
+        try:
+            wave, rate = self._decode(inputs, sampling_rate)
+            return self.feature_extractor(
+                mono_waveform(wave), sampling_rate=rate, return_tensors="pt", return_attention_mask=True
+            )
+        except TypeError as err:
+            raise TypeError(f"{name}: {err}") from err
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from err
 
     def _decode(self, inputs: Any, sampling_rate: int | None) -> tuple[np.ndarray | torch.Tensor, int]:
         """One input -> (mono samples, their sampling rate); files are decoded at the model's rate."""
@@ -187,8 +199,35 @@ class SpidRFeatureExtractionPipeline(FeatureExtractionPipeline):
             sampling_rate (`int`, *optional*): rate of bare arrays/tensors (default 16000).
             return_tensors (`bool`, *optional*): return `(frames, hidden)` tensors instead of lists.
             batch_size (`int`, *optional*): inputs per forward pass (padded; outputs are trimmed).
+
+        Each input is one mono waveform: a 2-D array with several channels is refused with how to
+        downmix it (it used to be read as a batch, and all but its first row were dropped).
         """
+        if isinstance(inputs, list):  # numbered, so that an error names the input it is about
+            inputs = [_Numbered(index, item) for index, item in enumerate(inputs)]
         return super().__call__(inputs, **kwargs)
+
+
+@dataclass(frozen=True)
+class _Numbered:
+    """An input of a list, with its place in the list."""
+
+    index: int
+    item: Any
+
+
+def mono_waveform(samples: Any) -> Any:
+    """`samples` as one mono waveform: 1-D as is, a 2-D array with one channel squeezed; else a `ValueError`."""
+    if not isinstance(samples, np.ndarray | torch.Tensor) or samples.ndim == 1:
+        return samples
+    if samples.ndim == 2 and 1 in samples.shape:
+        return samples.reshape(-1)
+    raise ValueError(
+        f"an array of shape {tuple(samples.shape)}: the pipeline takes one mono waveform per input. Downmix "
+        "multi-channel audio first, e.g. `audio.mean(axis=0)` for (channels, samples) as torchaudio.load returns, "
+        "`audio.mean(axis=1)` for (samples, channels) as soundfile.read returns; pass a list of 1-D arrays "
+        "for several utterances."
+    )
 
 
 def default_feature_extractor(model: PreTrainedModel) -> SpidRFeatureExtractor:

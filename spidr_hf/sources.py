@@ -41,11 +41,11 @@ from .audio import (
     AudioDecodeError,
     AudioSource,
     audio_length,
-    find_audio_files,
     load_audio,
     resample,
     resampled_length,
     to_mono,
+    walk_audio_files,
 )
 from .modeling import SAMPLING_RATE
 
@@ -109,8 +109,11 @@ def is_hf_dataset(source: Any) -> bool:
 
 
 def is_saved_dataset(path: Path) -> bool:
-    """Whether ``path`` is a folder written by ``datasets``' ``save_to_disk``."""
-    return path.is_dir() and any((path / name).is_file() for name in ("state.json", "dataset_dict.json"))
+    """Whether ``path`` is a folder written by ``datasets``' ``save_to_disk`` (a folder that cannot be read is not)."""
+    try:
+        return path.is_dir() and any((path / name).is_file() for name in ("state.json", "dataset_dict.json"))
+    except PermissionError:  # the folder walk reports it
+        return False
 
 
 def prepare_hf_dataset(dataset: Any, audio_column: str = "audio") -> Any:
@@ -163,11 +166,17 @@ class ManifestRow:
     sampling_rate: int | None = None
 
 
-def _optional_int(value: Any) -> int | None:
-    """``None`` for a missing/empty manifest field, else the integer it holds."""
+def _optional_int(value: Any, where: str, name: str) -> int | None:
+    """``None`` for a missing/empty manifest field, else the positive integer it holds."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    return int(value)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number <= 0 or isinstance(value, bool):
+        raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}.")
+    return number
 
 
 def _resolve(path: str, base: Path) -> str:
@@ -177,12 +186,14 @@ def _resolve(path: str, base: Path) -> str:
 
 def _row_from_mapping(record: Mapping[str, Any], base: Path, where: str) -> ManifestRow:
     """A manifest row from a CSV/JSONL record with a ``path`` and optional length fields."""
+    if not isinstance(record, Mapping):
+        raise ValueError(f"{where}: expected a JSON object with a 'path', got {type(record).__name__} {record!r:.60}.")
     if not record.get("path"):
         raise ValueError(f"{where}: missing 'path'.")
     return ManifestRow(
         _resolve(str(record["path"]), base),
-        _optional_int(record.get("num_samples")),
-        _optional_int(record.get("sampling_rate")),
+        _optional_int(record.get("num_samples"), where, "num_samples"),
+        _optional_int(record.get("sampling_rate"), where, "sampling_rate"),
     )
 
 
@@ -203,7 +214,11 @@ def _read_jsonl(path: Path) -> list[ManifestRow]:
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if line.strip():
-                rows.append(_row_from_mapping(json.loads(line), path.parent, f"{path}:{number}"))
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}).") from err
+                rows.append(_row_from_mapping(record, path.parent, f"{path}:{number}"))
     return rows
 
 
@@ -219,10 +234,10 @@ def _read_fairseq_tsv(path: Path) -> list[ManifestRow]:
     """Rows of a fairseq manifest: a root folder line, then ``relpath<TAB>num_samples`` lines."""
     root = _fairseq_root(path)
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()[1:], start=2):
         if line.strip():
             fields = line.rstrip("\n").split("\t")
-            length = _optional_int(fields[1]) if len(fields) > 1 else None
+            length = _optional_int(fields[1], f"{path}:{number}", "num_samples") if len(fields) > 1 else None
             rows.append(ManifestRow(str(root / fields[0]), length, SAMPLING_RATE if length is not None else None))
     return rows
 
@@ -236,7 +251,10 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
         raise ValueError(
             f"unknown manifest type {path.suffix!r} for {path}: use .csv, .jsonl or a fairseq .tsv."
         )
-    return reader(path)
+    try:
+        return reader(path)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"manifest {path} is not UTF-8 text ({err.reason} at byte {err.start}).") from err
 
 
 def manifest_items(path: str | os.PathLike) -> list[AudioItem]:
@@ -266,9 +284,10 @@ def write_manifest(items: Sequence[AudioItem], path: str | os.PathLike) -> None:
 
 
 # --------------------------------------------------------------------------- folders and ids
-def folder_items(folder: str | os.PathLike) -> list[AudioItem]:
-    """Items of every audio file below ``folder`` (recursive, sorted by path)."""
-    return [AudioItem(str(f), id=_relative_id(str(f), Path(folder))) for f in find_audio_files(folder)]
+def folder_inputs(folder: str | os.PathLike) -> AudioInputs:
+    """Items of every audio file below ``folder`` (recursive, sorted by path), and the paths it could not read."""
+    files, unreadable = walk_audio_files(folder)
+    return AudioInputs([AudioItem(str(f), id=_relative_id(str(f), Path(folder))) for f in files], unreadable=unreadable)
 
 
 def _strip_extension(relative: str) -> str:
@@ -293,10 +312,12 @@ class AudioInputs:
     items: list[AudioItem]
     datasets: dict[str, Any] = field(default_factory=dict)  # key: AudioItem.dataset
     audio_column: str = "audio"
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    """``(path, reason)`` of what a folder walk found but could not read (loops, dangling links, locked folders)."""
 
     def with_items(self, items: list[AudioItem]) -> AudioInputs:
         """The same datasets with other items (a shard, the files left to do)."""
-        return AudioInputs(items, self.datasets, self.audio_column)
+        return AudioInputs(items, self.datasets, self.audio_column, self.unreadable)
 
     def cell(self, item: AudioItem) -> Mapping[str, Any]:
         """The audio cell of a dataset row."""
@@ -370,11 +391,15 @@ def collect_inputs(inputs: Sequence[str | os.PathLike], audio_column: str = "aud
             collected.items += found.items
             collected.datasets.update(found.datasets)
         elif path.is_dir():
-            collected.items += folder_items(path)
+            found = folder_inputs(path)
+            collected.items += found.items
+            collected.unreadable += found.unreadable
         elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
             collected.items += manifest_items(path)
         elif path.is_file():
             collected.items.append(AudioItem(str(path), id=_strip_extension(path.name)))
+        elif not path.exists():
+            raise FileNotFoundError(f"input {path} does not exist.")
         else:
             raise FileNotFoundError(
                 f"input {path} is neither an audio file, a folder, a manifest nor a saved dataset."
@@ -404,7 +429,7 @@ __all__ = [
     "dataset_items",
     "decode_cell",
     "encoded_source",
-    "folder_items",
+    "folder_inputs",
     "is_hf_dataset",
     "manifest_items",
     "prepare_hf_dataset",

@@ -39,6 +39,7 @@ from .audio import resample
 from .espeak import EspeakError, check_voices, espeak_version, synthesize
 from .modeling import SAMPLING_RATE, FrameGeometry, num_frames
 from .progress import progress_bar
+from .runs import prepare_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -395,6 +396,7 @@ def write_corpus_files(info: CorpusInfo) -> None:
 
 def _prepare_output(root: Path, overwrite: bool) -> None:
     """Refuse to mix two corpora in one folder; with ``overwrite``, drop the old audio first."""
+    prepare_output_dir(root, create=False)
     audio = root / "audio"
     if audio.exists() or (root / "manifest.tsv").exists():
         if not overwrite:
@@ -402,7 +404,7 @@ def _prepare_output(root: Path, overwrite: bool) -> None:
                 f"{root} already holds a corpus; pass overwrite=True (--overwrite) to replace it"
             )
         shutil.rmtree(audio, ignore_errors=True)  # stale utterances would otherwise survive
-    root.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(root)
 
 
 def synthesize_corpus(

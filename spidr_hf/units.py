@@ -37,10 +37,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from .modeling import PADDING_UNIT, codebook_assign, masked_instance_norm
+from .runs import save_safetensors
 
 REPRESENTATIONS = ("hidden_state", "before_residual")
 """``hidden_state``: a layer's post-LayerNorm output; ``before_residual``: its FFN output before the residual add."""
@@ -347,7 +348,7 @@ class KMeansQuantizer:
         path.parent.mkdir(parents=True, exist_ok=True)
         metadata = {"layer": str(self.layer), "representation": self.representation, "k": str(self.k),
                     "info": json.dumps(self.info)}  # fmt: skip
-        save_file({"centroids": self.centroids.detach().float().cpu().contiguous()}, path, metadata=metadata)
+        save_safetensors({"centroids": self.centroids.detach().float().cpu().contiguous()}, path, metadata)
         return path
 
     @classmethod

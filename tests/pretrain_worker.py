@@ -5,13 +5,15 @@
   resonators, noise bursts like fricatives, pauses), deterministic for a seed;
 * `run_pretraining()`: one `SpidRPretrainer` run, shared by the in-process and torchrun tests;
 * as a script (`torchrun ... pretrain_worker.py DATA OUT --max_steps N ...`): each rank trains and
-  saves its final state dict to `OUT/rank{r}.pt`, with the log history.
+  saves its final state dict to `OUT/rank{r}.pt`, with the log history; `--kill_during_save_at N`
+  makes the process SIGKILL itself in the middle of writing checkpoint N (the resume tests).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -155,21 +157,44 @@ def _main() -> None:
     parser.add_argument("--max_steps", type=int, default=3)
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--freeze_feature_encoder_step", type=int, default=200_000)
+    parser.add_argument("--save_steps", type=int, default=10_000)
+    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--kill_during_save_at", type=int, help="SIGKILL this process while writing this checkpoint")
     options = parser.parse_args()
     torch.backends.mkldnn.enabled = False  # oneDNN re-plans every new input shape: slow for tiny convs
-    model = micro_model(freeze_feature_encoder_step=options.freeze_feature_encoder_step)
+    if options.kill_during_save_at is not None:
+        _kill_during_save(options.kill_during_save_at)
+    model = micro_model(freeze_feature_encoder_step=options.freeze_feature_encoder_step,
+                        feat_proj_dropout=options.dropout, hidden_dropout=options.dropout)  # fmt: skip
     trainer = run_pretraining(
         options.data,
         options.out / "run",
         model=model,
         max_steps=options.max_steps,
+        save_steps=options.save_steps,
         gradient_accumulation_steps=options.gradient_accumulation_steps,
-        ddp_backend="gloo",
+        ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
     )
     rank = trainer.args.process_index
     state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     torch.save(state, options.out / f"rank{rank}.pt")
     (options.out / f"rank{rank}.json").write_text(json.dumps(trainer.state.log_history))
+
+
+def _kill_during_save(step: int) -> None:
+    """Make the Trainer SIGKILL this process at checkpoint `step`, after its weights, optimizer and scheduler are written."""
+    import signal
+
+    from transformers import Trainer
+
+    save_rng_state = Trainer._save_rng_state
+
+    def save_then_die(self, output_dir):
+        if self.state.global_step == step:
+            os.kill(os.getpid(), signal.SIGKILL)  # the RNG state and trainer_state.json are never written
+        save_rng_state(self, output_dir)
+
+    Trainer._save_rng_state = save_then_die
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from spidr_hf.audio import (
     load_audio,
     resampled_length,
     standardize,
+    walk_audio_files,
 )
 
 
@@ -137,3 +139,35 @@ def test_find_audio_files(tmp_path):
     assert set(AUDIO_EXTENSIONS) == {".wav", ".flac", ".mp3", ".ogg"}
     with pytest.raises(NotADirectoryError):
         find_audio_files(tmp_path / "nope")
+
+
+def test_folder_walks_report_what_they_cannot_read(tmp_path, monkeypatch):
+    """Symlink loops, dangling links and unreadable folders used to be skipped without a word."""
+    import os
+
+    root = tmp_path / "audio"
+    for name in ["a.wav", "sub/b.wav", "locked/c.wav"]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "d.wav").write_bytes(b"")
+    os.symlink("..", root / "sub" / "loop")  # back to an enclosing folder
+    os.symlink(tmp_path / "elsewhere", root / "linked")  # a linked folder is followed ...
+    os.symlink(tmp_path / "elsewhere", root / "linked_again")  # ... once
+    os.symlink(tmp_path / "nowhere.wav", root / "dangling.wav")
+    scandir = os.scandir
+
+    def locked_scandir(path):  # the tests run as root: chmod would not lock a folder
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", locked_scandir)
+    files, problems = walk_audio_files(root)
+    assert [p.relative_to(root).as_posix() for p in files] == ["a.wav", "linked/d.wav", "sub/b.wav"]
+    reasons = {Path(path).relative_to(root).as_posix(): reason for path, reason in problems}
+    assert reasons["dangling.wav"].startswith("dangling symbolic link")
+    assert reasons["locked"] == "cannot list this folder: Permission denied"
+    assert reasons["sub/loop"].startswith("symbolic link loop (to the enclosing folder")
+    assert reasons["linked_again"] == f"a second link to the folder {root / 'linked'}: skipped"
+    assert len(problems) == 4

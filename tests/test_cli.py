@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 
 import pytest
+import torch
 from spidr_hf.training import parse_pretraining_args
 
 from spidr_hf.cli import COMMANDS, load_command, main
@@ -110,3 +112,148 @@ def test_quiet_pretraining_prints_its_result_only(tmp_path, capsys):
     assert captured.out.splitlines() == [f"Wrote {tmp_path / 'out'}: model.safetensors, config.json, "
                                          "preprocessor_config.json, README.md, remote code."]  # fmt: skip
     assert "pretrain:" not in captured.err and "loss" not in captured.err
+
+
+# ------------------------------------------------------------------------------ user mistakes, command by command
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> SimpleNamespace:
+    """Models, audio and bad files for the table of user mistakes below."""
+    import json
+
+    import torch
+    from pretrain_worker import micro_config, write_speechlike_corpus
+
+    from spidr_hf import SpidRForPreTraining, SpidRModel
+
+    root = tmp_path_factory.mktemp("mistakes")
+    torch.manual_seed(0)
+    SpidRForPreTraining(micro_config()).save_pretrained(root / "model")
+    SpidRModel(micro_config()).save_pretrained(root / "encoder")
+    micro_config().to_json_file(root / "micro.json")
+    (root / "config_only").mkdir()
+    micro_config().to_json_file(root / "config_only" / "config.json")
+    (root / "bert.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    write_speechlike_corpus(root / "audio", 2)
+    (root / "empty").mkdir()
+    write_speechlike_corpus(root / "short", 2, seconds=(0.05, 0.1))
+    (root / "file.txt").write_text("a file")
+    (root / "no_path.csv").write_text("file,num_samples\na.wav,16000\n")
+    (root / "missing.csv").write_text("path,num_samples\n" + "".join(f"gone/{i}.wav,16000\n" for i in range(3)))
+    (root / "list.jsonl").write_text("[1, 2]\n")
+    (root / "align.jsonl").write_text(json.dumps({"id": "a", "phones": ["AA", "B"]}) + "\n")
+    (root / "units_dir").mkdir()
+    return SimpleNamespace(**{p.name.replace(".", "_"): p for p in root.iterdir()}, root=root)
+
+
+PRETRAIN = ["--report-to", "none", "--max-steps", "2", "--per-device-max-batch-samples", "32000", "--max-samples", "16000"]
+MISTAKES = {  # name: (command line, the error line's message)
+    "extract-missing-model": (lambda f: ["extract", f.root / "nowhere", f.audio, "--output-dir", f.root / "o1"],
+                              lambda f: f"model folder {f.root / 'nowhere'} does not exist."),
+    "extract-model-without-weights": (lambda f: ["extract", f.config_only, f.audio, "--output-dir", f.root / "o2"],
+                                      lambda f: f"model folder {f.config_only} has no weights (model.safetensors)"),
+    "extract-head-units-of-an-encoder": (lambda f: ["extract", f.encoder, f.audio, "--output-dir", f.root / "o3",
+                                                    "--units", "head", "--layer", "2"],
+                                         lambda f: f"model {f.encoder} lacks prediction heads and codebooks"),
+    "extract-output-is-a-file": (lambda f: ["extract", f.model, f.audio, "--output-dir", f.file_txt],
+                                 lambda f: f"--output-dir {f.file_txt} is a file, not a folder"),
+    "extract-empty-folder": (lambda f: ["extract", f.model, f.empty, "--output-dir", f.root / "o4"],
+                             lambda f: f"no audio file in {f.empty}"),
+    "extract-empty-shard": (lambda f: ["extract", f.model, f.audio / "utt000.wav", "--output-dir", f.root / "o5",
+                                       "--shard", "3/4"],
+                            lambda f: "shard 3/4 holds no file: the inputs have 1 file(s) for 4 shards."),
+    "extract-non-object-line": (lambda f: ["extract", f.model, f.list_jsonl, "--output-dir", f.root / "o6"],
+                                lambda f: f"{f.list_jsonl}:1: expected a JSON object with a 'path', got list"),
+    "fit-kmeans-empty-folder": (lambda f: ["fit-kmeans", f.model, f.empty, "--layer", "2", "--clusters", "2"],
+                                lambda f: f"no audio file in {f.empty}."),
+    "evaluate-units-folder": (lambda f: ["evaluate", "--alignments", f.align_jsonl, "--units", f.units_dir,
+                                         "--output-dir", f.root / "e1"],
+                              lambda f: f"{f.units_dir} is a folder, not a JSON-lines file."),
+    "evaluate-non-object-line": (lambda f: ["evaluate", "--alignments", f.list_jsonl, "--units", f.align_jsonl,
+                                            "--output-dir", f.root / "e2"],
+                                 lambda f: f"{f.list_jsonl}:1: expected a JSON object with 'id' and 'phones', got list"),
+    "convert-output-is-a-file": (lambda f: ["convert", f.file_txt, f.file_txt],
+                                 lambda f: f"output folder {f.file_txt} is a file, not a folder"),
+    "pretrain-missing-data": (lambda f: ["pretrain", "--train-data", f.root / "nowhere", "--output-dir", f.root / "p1",
+                                         "--model-config", f.micro_json, *PRETRAIN],
+                              lambda f: f"training data {f.root / 'nowhere'} does not exist."),
+    "pretrain-empty-folder": (lambda f: ["pretrain", "--train-data", f.empty, "--output-dir", f.root / "p2",
+                                         "--model-config", f.micro_json, *PRETRAIN],
+                              lambda f: f"no usable audio in {f.empty}: 0 utterance(s) found"),
+    "pretrain-only-short-files": (lambda f: ["pretrain", "--train-data", f.short, "--output-dir", f.root / "p3",
+                                             "--model-config", f.micro_json, *PRETRAIN],
+                                  lambda f: "2 shorter than min_samples (2000 samples at 16 kHz)."),
+    "pretrain-csv-without-path": (lambda f: ["pretrain", "--train-data", f.no_path_csv, "--output-dir", f.root / "p4",
+                                             "--model-config", f.micro_json, *PRETRAIN],
+                                  lambda f: "needs a header with a 'path' column"),
+    "pretrain-missing-files": (lambda f: ["pretrain", "--train-data", f.missing_csv, "--output-dir", f.root / "p5",
+                                          "--model-config", f.micro_json, *PRETRAIN],
+                               lambda f: "none of the 3 training utterance(s) can be read"),
+    "pretrain-unknown-model-config": (lambda f: ["pretrain", "--train-data", f.audio, "--output-dir", f.root / "p6",
+                                                 "--model-config", "huge", *PRETRAIN],
+                                      lambda f: "--model_config 'huge' is neither 'base', 'tiny', a config.json"),
+    "pretrain-other-model-config": (lambda f: ["pretrain", "--train-data", f.audio, "--output-dir", f.root / "p7",
+                                               "--model-config", f.bert_json, *PRETRAIN],
+                                    lambda f: f"{f.bert_json} configures a 'bert' model, not a SpidR model"),
+    "pretrain-unknown-override": (lambda f: ["pretrain", "--train-data", f.audio, "--output-dir", f.root / "p8",
+                                             "--model-config", f.micro_json, "--config-overrides", "hiden_size=3", *PRETRAIN],
+                                  lambda f: "--config_overrides 'hiden_size=3': key hiden_size isn't in the original config dict"),
+    "pretrain-bad-config": (lambda f: ["pretrain", "--train-data", f.audio, "--output-dir", f.root / "p9",
+                                       "--model-config", f.micro_json, "--config-overrides", "num_attention_heads=0",
+                                       *PRETRAIN],
+                            lambda f: "num_attention_heads must be a positive integer, got 0."),
+    "pretrain-unknown-recipe": (lambda f: ["pretrain", "--train-data", f.audio, "--output-dir", f.root / "p10",
+                                           "--recipe", "nosuch", *PRETRAIN],
+                                lambda f: "recipe 'nosuch' is neither a file nor one of"),
+    "pretrain-nothing-to-resume": (lambda f: ["pretrain", "--train-data", f.audio, "--output-dir", f.root / "p11",
+                                              "--model-config", f.micro_json, "--resume-from-checkpoint", "last", *PRETRAIN],
+                                   lambda f: f"no complete checkpoint in {f.root / 'p11'} to resume from."),
+    "pretrain-output-is-a-file": (lambda f: ["pretrain", "--train-data", f.audio, "--output-dir", f.file_txt,
+                                             "--model-config", f.micro_json, *PRETRAIN],
+                                  lambda f: f"--output-dir {f.file_txt} is a file, not a folder"),
+    "pretrain-mask-prob": (lambda f: ["pretrain", "--train-data", f.audio, "--output-dir", f.root / "p12",
+                                      "--mask-prob", "2", *PRETRAIN],
+                           lambda f: "--mask_prob must be a number in (0, 1], got 2.0."),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(MISTAKES))
+def test_every_command_reports_a_mistake_in_one_line_with_status_2(files, case, capsys):
+    argv, message = MISTAKES[case]
+    argv = [str(a) for a in argv(files)]
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith(f"spidr-hf {argv[0]}: error: ")]
+    assert len(errors) == 1 and message(files) in errors[0], err[-2000:]
+    assert "Traceback" not in err
+
+
+def test_a_missing_model_folder_is_reported_without_loading_anything(tmp_path, monkeypatch, capsys):
+    """It used to go to the Hugging Face Hub, retry for about 30 s and print an httpx error."""
+    from spidr_hf import SpidRModel
+    from spidr_hf.model_dir import check_model_source
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("from_pretrained was called")
+
+    monkeypatch.setattr(SpidRModel, "from_pretrained", refuse)
+    assert main(["extract", "spidr-base-missing", str(tmp_path), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "model folder spidr-base-missing does not exist." in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        check_model_source(tmp_path / "nowhere")
+    assert check_model_source("some-org/some-model") == "some-org/some-model"  # a Hub id still goes to the Hub
+
+
+def test_numbers_are_checked_by_the_parsers(capsys):
+    for name, argv, flag in [
+        ("extract", ["m", "a", "--output-dir", "o", "--max-batch-samples", "0"], "--max-batch-samples"),
+        ("extract", ["m", "a", "--output-dir", "o", "--max-whole-s", "-1"], "--max-whole-s"),
+        ("extract", ["m", "a", "--output-dir", "o", "--context-s", "nan"], "--context-s"),
+        ("fit-kmeans", ["m", "a", "--layer", "2", "--clusters", "0"], "--clusters"),
+        ("evaluate", ["--output-dir", "o", "--codebook-size", "-1"], "--codebook-size"),
+        ("synth-corpus", ["out", "--minutes", "0"], "--minutes"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            load_command(name).build_parser().parse_args(argv)
+        assert exit_info.value.code == 2
+        assert f"argument {flag}: must be a " in capsys.readouterr().err

@@ -103,6 +103,23 @@ def test_fairseq_tsv_manifest(corpus, tmp_path):
     assert rows[0].path == str(corpus / "a.wav") and rows[0].num_samples == 20_000
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("rows.jsonl", '{"path": "a.wav"}\n[1, 2]\n', r"rows.jsonl:2: expected a JSON object with a 'path', got list"),
+        ("cut.jsonl", '{"path": "a.wav"}\n{"path": \n', r"cut.jsonl:2: not valid JSON"),
+        ("lengths.csv", "path,num_samples\na.wav,many\n", r"lengths.csv:2: num_samples must be a positive integer, got 'many'"),
+        ("lengths.tsv", "/data\na.wav\t-5\n", r"lengths.tsv:2: num_samples must be a positive integer, got '-5'"),
+        ("latin1.csv", b"path\n\xe9t\xe9.wav\n", r"manifest .*latin1.csv is not UTF-8 text"),
+    ],
+)
+def test_bad_manifest_lines_are_named(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ValueError, match=message):
+        load_training_index(path)
+
+
 def test_unknown_manifest_and_missing_source(tmp_path):
     (tmp_path / "list.txt").write_text("a.wav\n")
     with pytest.raises(ValueError, match="unknown manifest type"):

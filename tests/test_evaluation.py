@@ -315,7 +315,7 @@ def test_cli_reports_mismatched_ids(tiny_inputs: tuple[Path, Path], tmp_path: Pa
         evaluate.main(
             ["--alignments", str(alignments), "--units", str(units), "--output-dir", str(tmp_path / "e")]
         )
-        == 1
+        == 2  # a user's mistake, as in every command (was 1)
     )
     assert "'spk/u1'" in capsys.readouterr().err
 

@@ -234,10 +234,13 @@ def test_fit_kmeans_cli_saves_units_that_extract_finds(model_dir, model, audio_d
     assert "k must be between 1 and the number of frames (150)" in capsys.readouterr().err
 
 
-def test_exit_codes(model_dir, audio_dir, tmp_path):
+def test_exit_codes(model_dir, audio_dir, tmp_path, capsys):
+    """Every mistake or unusable input is one line and status 2 (status 1 used to mean "all failed" or --strict)."""
     corrupt = audio_dir / "corrupt.wav"
-    assert _run(model_dir, corrupt, "--output-dir", tmp_path / "bad") == 1  # everything failed
-    assert _run(model_dir, audio_dir / "a.wav", corrupt, "--output-dir", tmp_path / "strict", "--strict") == 1
+    assert _run(model_dir, corrupt, "--output-dir", tmp_path / "bad") == 2  # everything failed
+    assert "spidr-hf extract: error: no input could be processed: all 1 failed" in capsys.readouterr().err
+    assert _run(model_dir, audio_dir / "a.wav", corrupt, "--output-dir", tmp_path / "strict", "--strict") == 2
+    assert "--strict: stopping at the first failure" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _run(model_dir, audio_dir, "--output-dir", tmp_path / "x", "--units", "head")  # no --layer
 
@@ -344,3 +347,113 @@ def test_decoding_workers_default_to_the_spare_cores(monkeypatch):
     assert default_num_workers(torch.device("cuda")) == 4
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert default_num_workers(torch.device("cuda")) == 1
+
+
+# ------------------------------------------------------------------------------ hostile inputs
+def test_folder_problems_are_reported_as_failures(model_dir, audio_dir, tmp_path, capsys):
+    """A dangling link or a symlink loop used to be neither processed nor reported."""
+    folder = tmp_path / "linked"
+    folder.mkdir()
+    (folder / "a.wav").symlink_to(audio_dir / "a.wav")
+    (folder / "gone.wav").symlink_to(tmp_path / "gone.wav")
+    (folder / "loop").symlink_to(folder)
+    out = tmp_path / "out"
+    assert _run(model_dir, folder, "--output-dir", out) == 0
+    failures = {Path(f["path"]).name: f["error"] for f in map(json.loads, (out / "failures.jsonl").read_text().splitlines())}
+    assert failures.keys() == {"gone.wav", "loop"}
+    assert "dangling symbolic link" in failures["gone.wav"] and "symbolic link loop" in failures["loop"]
+    assert "1 file(s) written" in capsys.readouterr().out and (out / "a.safetensors").is_file()
+
+
+def test_nothing_is_written_before_the_inputs_are_checked(model_dir, audio_dir, tmp_path, capsys):
+    """A run refused for a bad input path used to write extraction.json, and then refuse the corrected rerun."""
+    out = tmp_path / "out"
+    assert _run(model_dir, tmp_path / "typo.wav", "--output-dir", out) == 2
+    assert "input " + str(tmp_path / "typo.wav") + " does not exist" in capsys.readouterr().err
+    assert not out.exists()
+    assert _run(model_dir, audio_dir / "a.wav", "--output-dir", out, "--layers", "1") == 0
+    # a folder whose options were recorded but which holds no output does not block other options
+    (out / "a.safetensors").unlink()
+    assert _run(model_dir, audio_dir / "a.wav", "--output-dir", out, "--layers", "2") == 0
+    assert sorted(load_file(out / "a.safetensors")) == ["layer2"]
+
+
+def test_a_second_writer_of_a_shard_is_refused(model_dir, audio_dir, tmp_path, capsys):
+    """Two unsharded runs into one folder used to write every unit line twice."""
+    from spidr_hf.runs import exclusive_writer
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with exclusive_writer(out, "extract", "outputs"):  # another run, busy with the same shard
+        assert _run(model_dir, audio_dir / "a.wav", "--output-dir", out, "--units", "head", "--layer", "3") == 2
+        assert f"another process is writing outputs into {out}" in capsys.readouterr().err
+        with exclusive_writer(out, "extract.1-of-2", "shard 1/2"):  # other shards are not blocked
+            assert _run(model_dir, audio_dir, "--output-dir", out, "--units", "head", "--layer", "3",
+                        "--shard", "0/2") == 0  # fmt: skip
+    assert _run(model_dir, audio_dir / "a.wav", "--output-dir", out, "--units", "head", "--layer", "3") == 0
+
+
+def test_outputs_are_byte_identical_across_runs(model_dir, audio_dir, tmp_path):
+    """safetensors wrote its metadata in a random order: the same features were different bytes."""
+    for name in ("first", "second"):
+        assert _run(model_dir, audio_dir / "sub", audio_dir / "a.wav", "--output-dir", tmp_path / name) == 0
+    first = {p.relative_to(tmp_path / "first"): p.read_bytes() for p in (tmp_path / "first").rglob("*") if p.is_file()}
+    second = {p.relative_to(tmp_path / "second"): p.read_bytes() for p in (tmp_path / "second").rglob("*") if p.is_file()}
+    assert first == second and any(p.suffix == ".safetensors" for p in first)
+
+
+def test_options_are_checked_by_the_library(tmp_path):
+    from spidr_hf.extract import ExtractionOptions
+
+    for bad, message in [
+        (dict(max_batch_samples=0), "max_batch_samples must be a positive integer"),
+        (dict(max_whole_seconds=-1.0), "max_whole_seconds must be a positive number"),
+        (dict(window_seconds=float("inf")), "window_seconds must be a positive number"),
+        (dict(context_seconds=-0.5), "context_seconds must be a non-negative number"),
+        (dict(num_workers=-1), "num_workers must be a non-negative integer"),
+        (dict(shard=(3, 3)), "shard must be i/n with 0 <= i < n"),
+        (dict(store_dtype="fp8"), "store_dtype must be one of"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ExtractionOptions(output_dir=str(tmp_path), **bad)
+
+
+@pytest.mark.slow  # a fresh Python process importing torch
+def test_decoding_workers_die_with_the_process_that_started_them(tmp_path):
+    """After kill -9 of an extraction, its decoding workers used to stay alive, holding their memory."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import time, torch\n"
+        "from spidr_hf.extract.batching import decoding_loader\n"
+        "class Slow(torch.utils.data.Dataset):\n"
+        "    def __len__(self): return 100\n"
+        "    def __getitem__(self, i): time.sleep(60)\n"
+        "loader = iter(decoding_loader(Slow(), num_workers=2))\n"
+        "import multiprocessing; time.sleep(2)\n"
+        "print(' '.join(str(p.pid) for p in multiprocessing.active_children()), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    workers = [int(pid) for pid in parent.stdout.readline().split()]
+    assert len(workers) == 2
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    for _ in range(100):  # the kernel kills them at once; allow for a loaded machine
+        if not any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in workers):
+            break
+        time.sleep(0.1)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid)]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
+    except (OSError, IndexError):
+        return "zombie"

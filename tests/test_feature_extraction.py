@@ -31,6 +31,29 @@ def test_standardises_each_utterance_over_its_valid_samples(extractor):
     assert torch.count_nonzero(values[1, 5000:]) == 0
 
 
+@pytest.mark.parametrize("pad_to_multiple_of", [None, 3000])
+def test_truncated_utterances_are_standardised_after_truncation(extractor, pad_to_multiple_of):
+    """Truncation used to cut an already standardised utterance: its kept part was not zero-mean."""
+    rising = [_sine(n) + np.linspace(0, 2, n, dtype=np.float32) for n in (20_000, 9_000, 5_000)]
+    out = extractor(rising, sampling_rate=16000, truncation=True, max_length=8000, padding="max_length",
+                    pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt")  # fmt: skip
+    kept = 8000 if pad_to_multiple_of is None else 9000  # max_length rounded up, as SequenceFeatureExtractor does
+    values, mask = out["input_values"], out["attention_mask"]
+    assert values.shape == (3, kept) and mask.sum(-1).tolist() == [kept, kept, 5000]
+    for row, n in zip(values, (kept, kept, 5000), strict=True):
+        assert abs(row[:n].mean().item()) < 1e-5 and abs(row[:n].std(unbiased=False).item() - 1) < 1e-3
+    with pytest.raises(ValueError, match="truncation=True needs max_length"):
+        extractor(rising, sampling_rate=16000, truncation=True)
+
+
+def test_loud_audio_is_standardised_not_zeroed(extractor):
+    """1e30-amplitude samples overflowed the float32 variance, giving the zeros of silence."""
+    wave = _sine(8000)
+    loud = extractor(wave.astype(np.float64) * 1e30, sampling_rate=16000, return_tensors="np")["input_values"]
+    normal = extractor(wave, sampling_rate=16000, return_tensors="np")["input_values"]
+    np.testing.assert_allclose(loud, normal, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "make",
     [

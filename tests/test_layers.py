@@ -12,7 +12,8 @@ FOLDERS = {"spidr_hf": REPO / "spidr_hf", "spidr_hf.modeling": REPO / "modeling"
 # module (or package prefix) -> layer; a module may import its own layer and the layers below
 LAYERS = {
     "spidr_hf.modeling": 0,  # what the model is, with its kernels; ships as remote code
-    "spidr_hf.audio": 1, "spidr_hf.sources": 1, "spidr_hf.progress": 1, "spidr_hf.errors": 1,  # shared base
+    "spidr_hf.audio": 1, "spidr_hf.sources": 1, "spidr_hf.progress": 1, "spidr_hf.errors": 1,
+    "spidr_hf.runs": 1,  # shared base
     "spidr_hf.units": 2, "spidr_hf.pipeline": 2, "spidr_hf.model_dir": 2, "spidr_hf.convert": 2,
     "spidr_hf.kernels": 2, "spidr_hf": 2,  # services around the model; the package's public face
     "spidr_hf.training": 3, "spidr_hf.extract": 3, "spidr_hf.evaluation": 3, "spidr_hf.synth": 3,

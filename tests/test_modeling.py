@@ -38,6 +38,24 @@ def test_default_config_is_base_spidr():
         (dict(head_input="middle"), "head_input"),
         (dict(conv_kernel=[10, 3]), "one entry per conv layer"),
         (dict(codebook_backend="cuda"), "codebook_backend"),
+        # each of these used to fail inside validation (ZeroDivisionError, TypeError) or much later
+        (dict(num_attention_heads=0), "num_attention_heads must be a positive integer, got 0"),
+        (dict(num_conv_pos_embedding_layers=0), "num_conv_pos_embedding_layers must be a positive integer"),
+        (dict(hidden_size="big"), "hidden_size must be a positive integer, got 'big'"),
+        (dict(hidden_size=0), "hidden_size must be a positive integer"),
+        (dict(codebook_size=0), "codebook_size must be a positive integer"),
+        (dict(codebook_size=-4), "codebook_size must be a positive integer"),
+        (dict(intermediate_size=-1), "intermediate_size must be a positive integer"),
+        (dict(conv_dim=[], conv_kernel=[], conv_stride=[]), "conv_dim must be a non-empty list"),
+        (dict(conv_stride=[0, 2, 2, 2, 2, 2, 2]), "conv_stride must be a non-empty list of positive integers"),
+        (dict(conv_kernel=[-1, 3, 3, 3, 3, 2, 2]), "conv_kernel must be a non-empty list of positive integers"),
+        (dict(num_conv_pos_embedding_groups=0), "num_conv_pos_embedding_groups must be a positive integer"),
+        (dict(num_conv_pos_embedding_groups=5), "divisible by num_conv_pos_embedding_groups"),
+        (dict(hidden_act="swishy"), "hidden_act must be one of"),
+        (dict(layer_norm_eps=-1), "layer_norm_eps must be a positive number"),
+        (dict(hidden_dropout=1.5), "hidden_dropout must be a number between 0 and 1"),
+        (dict(codebook_decay=float("nan")), "codebook_decay must be a number between 0 and 1"),
+        (dict(qkv_bias="yes"), "qkv_bias must be true or false"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):
@@ -63,54 +81,6 @@ def test_padded_batch_equals_single_utterances(tiny_config, attn_implementation)
             torch.testing.assert_close(
                 batch.last_hidden_state[b, :frames], single.last_hidden_state[0], atol=1e-5, rtol=0
             )
-
-
-@pytest.mark.parametrize("other", ["sdpa", pytest.param("flex_attention", marks=pytest.mark.slow)])
-def test_attention_implementations_equal_eager(tiny_config, other):
-    torch.manual_seed(0)
-    model = SpidRModel(tiny_config).eval()
-    waves, mask = _audio([8000, 6000])
-    outputs = {}
-    for impl in ("eager", other):
-        model.set_attn_implementation(impl)
-        with torch.no_grad():
-            outputs[impl] = model(waves, attention_mask=mask).last_hidden_state
-    valid = model._get_feature_vector_attention_mask(outputs["eager"].shape[1], mask)
-    torch.testing.assert_close(outputs[other][valid], outputs["eager"][valid], atol=1e-5, rtol=0)
-
-
-def test_sdpa_is_the_default(tiny_config):
-    assert SpidRModel(tiny_config).config._attn_implementation == "sdpa"
-
-
-def test_outputs_shapes_and_attentions(tiny_config):
-    model = SpidRModel(tiny_config).eval()
-    model.set_attn_implementation("eager")
-    waves, _ = _audio([3200])
-    out = model(waves, output_hidden_states=True, output_attentions=True)
-    frames = 9  # (3200 - 400) // 320 + 1
-    assert out.last_hidden_state.shape == (1, frames, 32)
-    assert len(out.hidden_states) == tiny_config.num_hidden_layers + 1
-    assert len(out.before_residual_states) == tiny_config.num_hidden_layers
-    assert out.attentions[0].shape == (1, 4, frames, frames)
-    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(1, 4, frames))
-    assert model(waves).hidden_states is None
-    assert isinstance(model(waves, return_dict=False), tuple)
-
-
-@pytest.mark.filterwarnings("ignore::FutureWarning")  # renamed activation_checkpointing in newer releases
-def test_gradient_checkpointing_gives_the_same_gradients(tiny_config):
-    torch.manual_seed(0)
-    model = SpidRModel(tiny_config).train()
-    waves, _ = _audio([6400])
-    model(waves).last_hidden_state.square().mean().backward()
-    plain = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    model.gradient_checkpointing_enable()
-    assert model.encoder.layers[0].gradient_checkpointing
-    model(waves).last_hidden_state.square().mean().backward()
-    for want, p in zip(plain, model.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, want, atol=1e-6, rtol=1e-5)
 
 
 def test_compiles_without_graph_breaks(tiny_config):

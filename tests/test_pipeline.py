@@ -145,6 +145,22 @@ def test_batched_inputs_keep_their_own_length(spidr_dir, model):
     assert [len(x) for x in nested] == [_frames(len(w)) for w in waves[:2]]
 
 
+def test_multichannel_arrays_are_refused_not_cut_to_their_first_row(spidr_dir, model):
+    """(channels, samples), the layout torchaudio.load returns, used to give the features of row 0 alone."""
+    extractor = pipeline("feature-extraction", model=spidr_dir)
+    left, right = _wave(0.6, seed=1), _wave(0.6, seed=2)
+    with pytest.raises(ValueError, match=r"the input: an array of shape \(2, 9600\).*audio.mean\(axis=0\)"):
+        extractor(np.stack([left, right]))
+    with pytest.raises(ValueError, match=r"input 1: an array of shape \(9600, 2\)"):  # named by its place in a list
+        extractor([left, np.stack([left, right], axis=1)], batch_size=2)
+    with pytest.raises(ValueError, match=r"the input: an array of shape \(2, 9600\)"):
+        extractor({"array": torch.from_numpy(np.stack([left, right])), "sampling_rate": 16000})
+    with pytest.raises(ValueError, match=r"input 1: Utterance 0 has 100 samples"):  # any error names the input
+        extractor([left, left[:100]])
+    # one channel is mono: (1, samples) as torchaudio.load gives for a mono file
+    torch.testing.assert_close(extractor(left[None], return_tensors=True), _reference(model, left), atol=ATOL, rtol=0)
+
+
 def test_model_object_without_saved_feature_extractor(spidr_dir, model):
     extractor = pipeline("feature-extraction", model=model)
     wave = _wave(0.5)

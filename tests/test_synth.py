@@ -246,4 +246,4 @@ def test_cli_writes_a_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "utterances" in capsys.readouterr().out
     records = read_jsonl(out / "manifest.jsonl")
     assert records and {r["speaker"] for r in records} == {"en-us-f4"}
-    assert synth_corpus.main([str(out), "--minutes", "0.05"]) == 1  # refuses to overwrite
+    assert synth_corpus.main([str(out), "--minutes", "0.05"]) == 2  # refuses to overwrite (a user's mistake: status 2)

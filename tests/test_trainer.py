@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 from itertools import pairwise
 from pathlib import Path
 
@@ -11,8 +13,10 @@ import pytest
 import soundfile as sf
 import torch
 from pretrain_worker import micro_model, run_pretraining, write_speechlike_corpus
+from safetensors.torch import load_file
 from spidr_hf.modeling import num_frames
 from spidr_hf.training import (
+    PretrainingError,
     SpidRPretrainer,
     SpidRTeacherCallback,
     SpidRTrainingArguments,
@@ -350,6 +354,74 @@ def test_a_batch_of_unreadable_files_is_skipped(tmp_path):
     assert trainer.metrics.total_skipped_files == 2
     assert int(model.current_step) == 3  # empty steps still count as optimizer steps
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_audio_that_cannot_be_read_stops_the_run_before_step_1(tmp_path):
+    """A manifest of missing files used to train 5 "steps" with loss 0 and write a model."""
+    lines = "".join(f"{tmp_path / 'gone'}/{i}.wav,16000\n" for i in range(3))
+    (tmp_path / "missing.csv").write_text("path,num_samples\n" + lines)
+    args = _arguments(tmp_path, max_steps=2, max_samples=16_000, per_device_max_batch_samples=32_000)
+    with pytest.raises(ValueError, match=r"none of the 3 training utterance\(s\) can be read \(e.g. .*gone/0.wav"):
+        SpidRPretrainer(micro_model(), args, train_dataset=str(tmp_path / "missing.csv"))
+    _write_waves(tmp_path / "short", [np.zeros(1_000), np.zeros(500)])
+    with pytest.raises(ValueError, match=r"no usable audio in .*short: 2 utterance\(s\) found, 0 unreadable, 2 shorter than"):
+        SpidRPretrainer(micro_model(), args, train_dataset=str(tmp_path / "short"))
+
+
+def test_steps_without_audio_stop_the_run(tmp_path):
+    data = write_speechlike_corpus(tmp_path / "data", 3, seconds=(1.1, 1.3))[0].parent
+    args = _arguments(tmp_path, max_steps=6, max_samples=16_000, per_device_max_batch_samples=16_000, max_empty_steps=2)
+    trainer = SpidRPretrainer(micro_model(), args, train_dataset=str(data))
+    for path in data.iterdir():  # the files go missing after indexing
+        path.unlink()
+    with pytest.raises(PretrainingError, match="stopped at step 2: 2 consecutive optimizer steps found no readable audio"):
+        trainer.train()
+
+
+class PoisonWeights(TrainerCallback):
+    """Makes the run diverge at the end of optimizer step `step`: a NaN in the feature projection."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step:
+            with torch.no_grad():
+                model.spidr.feature_projection.projection.weight[0, 0] = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("poisoned_after", "save_steps", "logging_steps", "problem", "kept"),
+    [  # caught at a training log, before a checkpoint, and (weights only) before a checkpoint
+        (3, 2, 1, "stopped at step 4: the loss or its gradient is not finite (NaN or inf) from step 4 on", "checkpoint-2"),
+        (3, 2, 100, "stopped at step 4: the loss or its gradient is not finite (NaN or inf) from step 4 on", "checkpoint-2"),
+        (4, 4, 100, "stopped at step 4: the model's weights are not finite", None),
+    ],
+    ids=["logged", "saved", "weights"],
+)
+def test_a_non_finite_run_stops_and_keeps_its_last_good_checkpoint(
+    tmp_path, poisoned_after, save_steps, logging_steps, problem, kept
+):
+    """The Trainer's NaN filter logged such a run as loss 0 and it saved non-finite weights, exiting 0."""
+    data = write_speechlike_corpus(tmp_path / "data", 4)[0].parent
+    args = _arguments(tmp_path, max_steps=8, max_samples=16_000, per_device_max_batch_samples=32_000,
+                      save_steps=save_steps, logging_steps=logging_steps)  # fmt: skip
+    trainer = SpidRPretrainer(micro_model(), args, train_dataset=str(data), callbacks=[PoisonWeights(poisoned_after)])
+    intact = f"the last complete checkpoint, {kept}, is intact" if kept else "no checkpoint was written"
+    with pytest.raises(PretrainingError, match=f"{re.escape(problem)}.*{intact}"):
+        trainer.train()
+    out = Path(args.output_dir)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ([kept] if kept else [])
+    for weights in out.rglob("*.safetensors"):  # nothing non-finite was ever written
+        assert all(torch.isfinite(t).all() for t in load_file(weights).values()), weights
+
+
+def test_a_batch_budget_below_max_samples_shortens_the_crops(tmp_path, caplog):
+    """--per_device_max_batch_samples 64000 used to be refused (it must hold one 320000-sample crop)."""
+    with caplog.at_level(logging.WARNING):
+        args = _arguments(tmp_path, per_device_max_batch_samples=64_000)
+    assert args.max_samples == 64_000
+    assert "cropping utterances to 64000 samples" in caplog.text
 
 
 # ------------------------------------------------------------------------------ optimizer, freezing, EMA hook

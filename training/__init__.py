@@ -12,6 +12,7 @@ if __name__ != "spidr_hf.training":  # the folder installs as spidr_hf.training;
     )
 
 from .arguments import SpidRTrainingArguments, parse_pretraining_args
+from .checkpoints import checkpoint_problem, last_complete_checkpoint
 from .data import (
     LengthBudgetBatchSampler,
     PretrainingCollator,
@@ -21,19 +22,22 @@ from .data import (
 )
 from .masking import compute_span_mask
 from .recipe import BUILTIN_RECIPES, TriStageSchedule, load_pretraining_model, load_recipe
-from .trainer import SpidRPretrainer, SpidRTeacherCallback, pretraining_param_groups
+from .trainer import PretrainingError, SpidRPretrainer, SpidRTeacherCallback, pretraining_param_groups
 
 __all__ = [
     "BUILTIN_RECIPES",
     "LengthBudgetBatchSampler",
     "PretrainingCollator",
+    "PretrainingError",
     "SpidRAudioDataset",
     "SpidRPretrainer",
     "SpidRTeacherCallback",
     "SpidRTrainingArguments",
     "TriStageSchedule",
+    "checkpoint_problem",
     "compute_span_mask",
     "is_empty_batch",
+    "last_complete_checkpoint",
     "load_pretraining_model",
     "load_recipe",
     "load_training_index",

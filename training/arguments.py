@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -29,6 +30,8 @@ from transformers import HfArgumentParser, TrainingArguments
 from .recipe import TriStageSchedule, load_recipe
 
 _REF = "(SpidR recipe: {})"
+
+logger = logging.getLogger(__name__)
 
 
 def default_report_to() -> list[str]:
@@ -75,6 +78,10 @@ class SpidRTrainingArguments(TrainingArguments):
     strict_audio: bool = field(
         default=False,
         metadata={"help": "Stop on the first unreadable or too-short audio file instead of skipping and counting it."},
+    )
+    max_empty_steps: int = field(
+        default=100,
+        metadata={"help": "Stop when this many consecutive optimizer steps find no readable audio (files gone missing)."},
     )
     # --- masking ----------------------------------------------------------------------------
     mask_prob: float = field(default=0.8, metadata={"help": "Span-start probability x span length " + _REF.format("0.8")})
@@ -149,16 +156,42 @@ class SpidRTrainingArguments(TrainingArguments):
         if self.bf16 is None:
             self.bf16 = bf16_supported() and not self.use_cpu
         super().__post_init__()
-        for name in ("per_device_max_batch_samples", "min_samples", "max_samples", "mask_length"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        self._check_recipe_numbers()
         if self.max_samples < self.min_samples:
             raise ValueError(f"max_samples ({self.max_samples}) must be >= min_samples ({self.min_samples}).")
-        if self.per_device_max_batch_samples < self.max_samples:
+        if self.per_device_max_batch_samples < self.min_samples:
             raise ValueError(
-                f"per_device_max_batch_samples ({self.per_device_max_batch_samples}) must hold one crop of "
-                f"max_samples ({self.max_samples})."
+                f"per_device_max_batch_samples ({self.per_device_max_batch_samples}) must hold at least one "
+                f"utterance of min_samples ({self.min_samples})."
             )
+        if self.per_device_max_batch_samples < self.max_samples:  # a smaller budget means shorter crops
+            logger.warning(
+                "per_device_max_batch_samples (%d) is below max_samples (%d): cropping utterances to %d samples.",
+                self.per_device_max_batch_samples, self.max_samples, self.per_device_max_batch_samples,
+            )  # fmt: skip
+            self.max_samples = self.per_device_max_batch_samples
+
+    def _check_recipe_numbers(self) -> None:
+        """The recipe's own numbers, each in its range (a ValueError names the flag)."""
+        checks = {
+            "per_device_max_batch_samples": (self.per_device_max_batch_samples > 0, "a positive integer"),
+            "min_samples": (self.min_samples > 0, "a positive integer"),
+            "max_samples": (self.max_samples > 0, "a positive integer"),
+            "num_buckets": (self.num_buckets > 0, "a positive integer"),
+            "mask_length": (self.mask_length > 0, "a positive integer"),
+            "mask_prob": (0 < self.mask_prob <= 1, "a number in (0, 1]"),
+            "min_masks": (self.min_masks >= 0, "a non-negative integer"),
+            "max_empty_steps": (self.max_empty_steps > 0, "a positive integer"),
+            "lr_warmup_steps": (self.lr_warmup_steps >= 0, "a non-negative integer"),
+            "lr_hold_steps": (self.lr_hold_steps >= 0, "a non-negative integer"),
+            "lr_decay_steps": (self.lr_decay_steps >= 0, "a non-negative integer"),
+            "init_lr_scale": (0 < self.init_lr_scale, "a positive number"),
+            "final_lr_scale": (0 < self.final_lr_scale, "a positive number"),
+            "max_steps": (self.max_steps > 0 or self.max_steps == -1, "a positive integer (or -1: use num_train_epochs)"),
+        }
+        for name, (valid, kind) in checks.items():
+            if not valid:
+                raise ValueError(f"--{name} must be {kind}, got {getattr(self, name)}.")
 
     def tri_stage_schedule(self) -> TriStageSchedule:
         """The learning-rate schedule these arguments describe (scaled to `max_steps` if asked)."""
@@ -172,12 +205,16 @@ class SpidRTrainingArguments(TrainingArguments):
         return schedule.scaled_to(self.max_steps) if self.scale_lr_schedule_to_max_steps else schedule
 
 
+_USAGE = "spidr-hf pretrain --train-data DATA --output-dir DIR [--recipe FILE] [--FLAG VALUE ...] (--help: every flag)"
+
+
 def parse_pretraining_args(argv: Sequence[str] | None = None) -> SpidRTrainingArguments:
     """Parse `spidr-hf pretrain` flags: defaults < `--recipe FILE` values < the other flags.
 
     Unknown names in a recipe file are an error (a typo would otherwise silently keep a default).
     """
-    parser = HfArgumentParser(SpidRTrainingArguments)
+    # argparse's errors print the usage line: the full one lists every TrainingArguments flag
+    parser = HfArgumentParser(SpidRTrainingArguments, prog="spidr-hf pretrain", usage=_USAGE)
     argv = list(argv or [])
     peek = argparse.ArgumentParser(add_help=False)
     peek.add_argument("--recipe")

@@ -33,7 +33,7 @@ from spidr_hf.sources import (
     AudioInputs,
     AudioItem,
     dataset_items,
-    folder_items,
+    folder_inputs,
     is_hf_dataset,
     manifest_items,
     prepare_hf_dataset,
@@ -64,20 +64,16 @@ def _index_source(source: str | os.PathLike | Any, audio_column: str) -> AudioIn
         return AudioInputs(dataset_items(dataset, audio_column), {"": dataset}, audio_column)
     path = Path(source)
     if path.is_dir():
-        return AudioInputs(folder_items(path))
+        return folder_inputs(path)
     if path.is_file():
         return AudioInputs(manifest_items(path))
-    raise FileNotFoundError(f"training data source {path} is neither a folder nor a manifest file.")
+    if not path.exists():
+        raise FileNotFoundError(f"training data {path} does not exist.")
+    raise FileNotFoundError(f"training data {path} is neither a folder nor a manifest file.")
 
 
-def _drop_short(utterances: list[AudioItem], min_samples: int) -> list[AudioItem]:
-    """Remove utterances shorter than ``min_samples``, logging how many."""
-    kept = [u for u in utterances if u.num_samples >= min_samples]
-    if len(kept) < len(utterances):
-        logger.info(
-            "dropped %d utterance(s) shorter than %d samples", len(utterances) - len(kept), min_samples
-        )
-    return kept
+def _describe(source: Any) -> str:
+    return "the dataset" if is_hf_dataset(source) else str(source)
 
 
 def load_training_index(
@@ -101,13 +97,29 @@ def load_training_index(
         The kept utterances in source order (folders: sorted paths; datasets: row numbers), with
         their lengths at 16 kHz.
     """
-    probed, errors = _index_source(source, audio_column).probe_lengths(num_threads)
+    inputs = _index_source(source, audio_column)
+    for path, reason in inputs.unreadable:  # what a folder walk could not read: loops, dangling links ...
+        if strict:
+            raise AudioDecodeError(f"{path}: {reason}")
+        logger.warning("skipping %s: %s", path, reason)
+    probed, errors = inputs.probe_lengths(num_threads)
     if errors and strict:
         raise errors[0][1]
     if errors:
         what = "dataset row(s)" if isinstance(errors[0][0].source, int) else "audio file(s)"
         logger.warning("dropped %d unreadable %s while indexing, e.g. %s", len(errors), what, errors[0][1])
-    return _drop_short([item for item in probed.items if item.num_samples is not None], min_samples)
+    readable = [item for item in probed.items if item.num_samples is not None]
+    kept = [item for item in readable if item.num_samples >= min_samples]
+    if len(kept) < len(readable):
+        logger.info("dropped %d utterance(s) shorter than %d samples", len(readable) - len(kept), min_samples)
+    if not kept:
+        raise ValueError(
+            f"no usable audio in {_describe(source)}: {len(probed.items)} utterance(s) found, {len(errors)} unreadable, "
+            f"{len(readable) - len(kept)} shorter than min_samples ({min_samples} samples at 16 kHz)"
+            + (f"; e.g. {errors[0][1]}" if errors else "")
+            + "."
+        )
+    return kept
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,6 +229,30 @@ class SpidRAudioDataset(Dataset):
             return self.audio.decode(utterance, mono=self.mono, start=start, stop=start + self.max_samples)
         # dataset rows decode whole; a file header may under-report (e.g. VBR MP3): crop after decoding
         return random_crop(self.audio.decode(utterance, mono=self.mono), self.max_samples, rng)
+
+    def check_readable(self) -> None:
+        """Raise a ``ValueError`` unless some utterance decodes (to at least ``min_samples`` samples).
+
+        Indexing a manifest that gives lengths opens no file, so a manifest of missing files would
+        otherwise train on nothing but empty batches. Utterances are tried in order until one
+        decodes: usually the first, and a window of ``min_samples`` samples of it.
+        """
+        first_error = None
+        for utterance in self.utterances:
+            try:
+                wave = self.audio.decode(utterance, mono=self.mono, start=0, stop=self.min_samples)
+            except (AudioDecodeError, ValueError, OSError) as err:
+                first_error = first_error or err
+                continue
+            if len(wave) >= self.min_samples:
+                return
+            first_error = first_error or AudioDecodeError(
+                f"{utterance.path} decodes to {len(wave)} samples, fewer than {self.min_samples}."
+            )
+        raise ValueError(
+            f"none of the {len(self.utterances)} training utterance(s) can be read (e.g. {first_error}): "
+            "nothing to train on."
+        )
 
     def _skip(self, utterance: AudioItem, error: Exception) -> None:
         """Record an unusable utterance: raise when strict, else warn once per source."""

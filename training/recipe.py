@@ -23,6 +23,8 @@ from typing import Any
 
 from spidr_hf.modeling import SAMPLING_RATE, SpidRConfig, SpidRForPreTraining
 
+from spidr_hf.model_dir import read_spidr_config
+
 BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
     # The paper's recipe: exactly the defaults of SpidRTrainingArguments (400k steps, 3.8M samples per GPU).
     "spidr_base": {},
@@ -113,10 +115,10 @@ def load_pretraining_model(model_config: str, config_overrides: str | None = Non
     elif model_config == "tiny":
         config = SpidRConfig.tiny()
     elif path.is_dir() and any((path / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
-        config = _with_overrides(SpidRConfig.from_pretrained(path), config_overrides)
+        config = _with_overrides(read_spidr_config(path), config_overrides)
         return SpidRForPreTraining.from_pretrained(path, config=config)
     elif (path / "config.json").is_file() or path.is_file():
-        config = SpidRConfig.from_json_file(path / "config.json" if path.is_dir() else path)
+        config = read_spidr_config(path)
     else:
         raise FileNotFoundError(
             f"--model_config {model_config!r} is neither 'base', 'tiny', a config.json nor a model directory."
@@ -128,7 +130,10 @@ def _with_overrides(config: SpidRConfig, overrides: str | None) -> SpidRConfig:
     """`config` with `"name=value,..."` applied, rebuilt so `SpidRConfig` checks the new values now."""
     if not overrides:
         return config
-    config.update_from_string(overrides)
+    try:
+        config.update_from_string(overrides)
+    except ValueError as err:  # transformers' message names the key or value, not the flag
+        raise ValueError(f"--config_overrides {overrides!r}: {err}") from err
     return SpidRConfig.from_dict(config.to_dict())
 
 

@@ -25,6 +25,8 @@ expected to work: the EMA and the codebook update read full (unsharded) paramete
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from functools import partial
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from accelerate.utils import extract_model_from_parallel
 from spidr_hf.modeling import SAMPLING_RATE, SpidRConfig, SpidRFeatureExtractor, SpidRForPreTraining
 from torch import nn
@@ -40,13 +43,15 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Sampler
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import seed_worker
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, seed_worker
 from transformers.training_args import ParallelMode
 
 from spidr_hf.model_dir import save_pretrained_with_code, write_model_card
 from spidr_hf.progress import progress_bar
+from spidr_hf.runs import die_with_parent
 
 from .arguments import SpidRTrainingArguments
+from .checkpoints import STAGING_FOLDER, checkpoint_problem, last_complete_checkpoint, publish_checkpoint
 from .data import LengthBudgetBatchSampler, PretrainingCollator, SpidRAudioDataset, is_empty_batch
 from .recipe import format_hours, hours_of_audio
 
@@ -250,6 +255,7 @@ class SpidRPretrainer(Trainer):
             args.ddp_find_unused_parameters = _needs_find_unused_parameters(model, args)
         self.data_seed = args.data_seed if args.data_seed is not None else args.seed
         train_dataset = build_train_dataset(train_dataset if train_dataset is not None else args.train_data, args)
+        train_dataset.check_readable()  # before step 1: a manifest of missing files would train on nothing
         if data_collator is None:
             data_collator = PretrainingCollator.from_config(
                 model.config,
@@ -267,6 +273,8 @@ class SpidRPretrainer(Trainer):
         if self.pop_callback(ProgressCallback) is not None:
             self.add_callback(PretrainingProgress())
         self.metrics = PretrainingMetrics()
+        self.health = TrainingHealth()
+        self._writing_checkpoint = False
 
     # ------------------------------------------------------------------ data
     def get_train_dataloader(self) -> DataLoader:
@@ -296,7 +304,7 @@ class SpidRPretrainer(Trainer):
             pin_memory=self.args.dataloader_pin_memory and torch.cuda.is_available(),
             persistent_workers=self.args.dataloader_persistent_workers and workers > 0,
             prefetch_factor=self.args.dataloader_prefetch_factor if workers > 0 else None,
-            worker_init_fn=partial(seed_worker, num_workers=workers, rank=self.args.process_index),
+            worker_init_fn=partial(_start_worker, num_workers=workers, rank=self.args.process_index),
         )
 
     def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, device: torch.device) -> tuple[list, Any]:
@@ -321,6 +329,7 @@ class SpidRPretrainer(Trainer):
         if self.args.world_size > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
         self.metrics.add_step(counts[1:])
+        self.health.record_audio(counts[1])
         return batches, counts[0].clamp(min=1)
 
     # ------------------------------------------------------------------ loss
@@ -352,6 +361,7 @@ class SpidRPretrainer(Trainer):
                 loss = outputs.frame_losses.sum() * self.args.world_size / num_items_in_batch
             if model.training:
                 self.metrics.add_batch(outputs.target_perplexity, outputs.prediction_perplexity)
+                self.health.record_values(self.state.global_step + 1, loss)
         return (loss, outputs) if return_outputs else loss
 
     def _empty_batch_loss(self, model: nn.Module) -> torch.Tensor:
@@ -394,10 +404,91 @@ class SpidRPretrainer(Trainer):
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
+    # ------------------------------------------------------------------ resume and checkpoints
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any):
+        """`Trainer.train`, resuming from the newest *complete* checkpoint for `resume_from_checkpoint=True` or `"last"`.
+
+        An explicit checkpoint folder is checked first too: a missing or cut-short file is named
+        in a `ValueError` instead of failing half-way through loading.
+        """
+        require_optimizer = not self.args.save_only_model
+        if resume_from_checkpoint is True or resume_from_checkpoint == "last":
+            resume_from_checkpoint = str(last_complete_checkpoint(self.args.output_dir, require_optimizer))
+            logger.info("resuming from %s", resume_from_checkpoint)
+        elif isinstance(resume_from_checkpoint, str | os.PathLike):
+            problem = checkpoint_problem(resume_from_checkpoint, require_optimizer)
+            if problem is not None:
+                raise ValueError(f"cannot resume from {resume_from_checkpoint}: {problem}.")
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _get_output_dir(self, trial: Any) -> str:
+        run_dir = super()._get_output_dir(trial)
+        return os.path.join(run_dir, STAGING_FOLDER) if self._writing_checkpoint else run_dir
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """The Trainer's checkpoint, written into the staging folder and renamed once complete.
+
+        Nothing is written when the weights or the run are not healthy (`stop_if_unhealthy`): the
+        last checkpoint stays the last good one. Old checkpoints are rotated (`save_total_limit`)
+        only once the new one is in place.
+        """
+        self.stop_if_unhealthy(model)
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:  # what a killed save left behind
+            shutil.rmtree(run_dir / STAGING_FOLDER, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self._writing_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._writing_checkpoint = False
+        self.accelerator.wait_for_everyone()  # every rank's RNG state is written
+        if self.args.should_save:
+            publish_checkpoint(run_dir / STAGING_FOLDER / name, run_dir / name)
+            shutil.rmtree(run_dir / STAGING_FOLDER, ignore_errors=True)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args: Any, **kwargs: Any) -> None:
+        # the gradient norm the Trainer computed for this step (before clipping), still on the device
+        if isinstance(grad_norm, torch.Tensor):
+            self.health.record_values(self.state.global_step, grad_norm)
+        super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
+
+    def stop_if_unhealthy(self, model: nn.Module | None = None) -> None:
+        """Raise `PretrainingError` when the run must stop (see `TrainingHealth`), or when `model` has non-finite weights.
+
+        Reads the device (one sync): called at training logs, before every checkpoint and before
+        the final save, on every rank together.
+        """
+        problem = self.health.problem(self.args.max_empty_steps, self.args.world_size, self.args.device)
+        if problem is None and model is not None and not _all_finite(unwrap(model)):
+            problem = "the model's weights are not finite (NaN or inf)"
+        if problem is None:
+            return
+        try:
+            last = f"the last complete checkpoint, {last_complete_checkpoint(self.args.output_dir).name}, is intact"
+        except FileNotFoundError:
+            last = "no checkpoint was written"
+        raise PretrainingError(
+            f"pretraining stopped at step {self.state.global_step}: {problem}; nothing more was saved and {last}."
+        )
+
     # ------------------------------------------------------------------ logging
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add SpidR's training metrics to every training log (all ranks call this together)."""
+        """Add SpidR's training metrics to every training log (all ranks call this together).
+
+        Training logs are also where the run stops on a non-finite loss or gradient, or on too
+        many steps without audio (:class:`TrainingHealth`), without a host sync of its own.
+        """
         if "loss" in logs:
+            self.stop_if_unhealthy()
             logs.update(self.metrics.pop(self.accelerator, self.args.world_size))
             if self.teacher_callback.last_ema_decay is not None:
                 logs["ema_decay"] = self.teacher_callback.last_ema_decay
@@ -411,6 +502,7 @@ class SpidRPretrainer(Trainer):
         `SpidRForPreTraining.from_pretrained` (everything, to continue pretraining).
         """
         out = Path(output_dir or self.args.output_dir)
+        self.stop_if_unhealthy(self.model)  # the last steps may not have been logged or checkpointed
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             model = unwrap(self.model)
@@ -519,8 +611,82 @@ class PretrainingMetrics:
         return logs
 
 
+class PretrainingError(RuntimeError):
+    """Pretraining cannot go on: its loss or gradients are not finite, or its audio went missing."""
+
+
+def _start_worker(worker_id: int, num_workers: int, rank: int) -> None:
+    """A DataLoader worker: seeded as the Trainer seeds its own, and killed with the training process."""
+    die_with_parent()
+    seed_worker(worker_id, num_workers=num_workers, rank=rank)
+
+
+def _all_finite(model: nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer is finite (one device sync)."""
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+class TrainingHealth:
+    """What must stop a run, recorded on the device at every step and read only at logs and saves.
+
+    * the first optimizer step whose loss or gradient norm was not finite (the Trainer's own
+      `logging_nan_inf_filter` keeps NaN out of the logged loss, which then reads 0);
+    * the longest run of consecutive optimizer steps that found no readable audio on any rank
+      (files gone missing, a disk unmounted).
+
+    Recording is a few device operations per step, with no host synchronisation.
+    """
+
+    NO_STEP = 2**62
+
+    def __init__(self) -> None:
+        self._first_non_finite: torch.Tensor | None = None
+        self._empty_run: torch.Tensor | None = None
+        self._longest_empty_run: torch.Tensor | None = None
+
+    def record_values(self, step: int, value: torch.Tensor) -> None:
+        """Note `step` if `value` (a loss or a gradient norm) is not finite."""
+        bad_step = torch.where(torch.isfinite(value.detach()).all(), self.NO_STEP, step)
+        first = self._first_non_finite
+        self._first_non_finite = bad_step if first is None else torch.minimum(first, bad_step.to(first.device))
+
+    def record_audio(self, samples: torch.Tensor) -> None:
+        """Audio samples of one optimizer step, summed over ranks (0: a step without audio)."""
+        run = torch.zeros((), dtype=torch.long, device=samples.device) if self._empty_run is None else self._empty_run
+        self._empty_run = torch.where(samples == 0, run + 1, 0)
+        longest = self._longest_empty_run
+        self._longest_empty_run = self._empty_run if longest is None else torch.maximum(longest, self._empty_run)
+
+    def problem(self, max_empty_steps: int, world_size: int = 1, device: torch.device | None = None) -> str | None:
+        """Why the run must stop, or None (reads the device; with `world_size > 1`, a collective on `device`).
+
+        Audio counts are already summed over ranks; a loss is a rank's own, so the first
+        non-finite step is the minimum over ranks (every rank stops at the same call).
+        """
+        first = torch.tensor(self.NO_STEP) if self._first_non_finite is None else self._first_non_finite
+        if world_size > 1 and dist.is_available() and dist.is_initialized():
+            first = first.to(device).clone()
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        first_step = int(first)
+        empty_steps = 0 if self._longest_empty_run is None else int(self._longest_empty_run)
+        if first_step < self.NO_STEP:
+            return (
+                f"the loss or its gradient is not finite (NaN or inf) from step {first_step} on; lower the learning "
+                "rate, or check the model configuration and the audio"
+            )
+        if empty_steps >= max_empty_steps:
+            return (
+                f"{empty_steps} consecutive optimizer steps found no readable audio (see the warnings about skipped "
+                "utterances): are the training files still there?"
+            )
+        return None
+
+
 __all__ = [
     "EpochDataLoader",
+    "PretrainingError",
+    "TrainingHealth",
     "PretrainingProgress",
     "FixedLengthEpochs",
     "PretrainingMetrics",

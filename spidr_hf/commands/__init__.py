@@ -18,6 +18,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from transformers.utils import logging as transformers_logging
+
 from ..errors import UsageError
 from ..progress import set_quiet
 
@@ -58,33 +60,86 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
 def apply_output_flags(args: argparse.Namespace, level: int = logging.INFO) -> None:
     """Configure logging (``level``, WARNING with ``--quiet``) and the progress bars for this process."""
     set_quiet(args.quiet)
+    if args.quiet:  # transformers' own bars (loading and writing weights) too
+        transformers_logging.disable_progress_bar()
     logging.basicConfig(level=logging.WARNING if args.quiet else level, format="%(levelname)s %(message)s")
 
 
+USER_ERRORS: tuple[type[Exception], ...] = (UsageError, ValueError, OSError)
+"""What every command reports as its user's mistake: the library raises ``ValueError`` for a bad
+value, option or file content (naming it), ``OSError`` for a file or folder it cannot use."""
+
+EXIT_USER_ERROR = 2
+"""The exit status of a command stopped by its user's mistake (argparse's own errors exit with it too)."""
+
+
 def command(
-    name: str, user_errors: tuple[type[Exception], ...] = (), exit_status: int = 2
+    name: str, user_errors: tuple[type[Exception], ...] = ()
 ) -> Callable[[Callable[[list[str]], int]], Callable[[list[str]], int]]:
     """Decorate a command's ``main(argv) -> int`` with the one error path.
 
-    A :class:`UsageError`, or an exception of a type in ``user_errors`` (raised with
-    ``exit_status``), becomes the line ``spidr-hf NAME: error: MESSAGE`` on stderr and an exit
-    status; with ``--debug`` or ``SPIDR_HF_DEBUG=1`` it propagates with its traceback.
+    A :class:`UsageError`, a ``ValueError``, an ``OSError``, or an exception of a type in
+    ``user_errors`` becomes the line ``spidr-hf NAME: error: MESSAGE`` on stderr and exit status 2;
+    with ``--debug`` or ``SPIDR_HF_DEBUG=1`` it propagates with its traceback. Ctrl-C ends the
+    command with ``spidr-hf NAME: interrupted`` and status 130, as a shell reports SIGINT.
     """
 
     def decorate(main: Callable[[list[str]], int]) -> Callable[[list[str]], int]:
         @functools.wraps(main)
         def run(argv: list[str]) -> int:
+            debug = "--debug" in argv or os.environ.get(DEBUG_ENV) == "1"
             try:
                 return main(argv)
-            except (UsageError, *user_errors) as error:
-                if "--debug" in argv or os.environ.get(DEBUG_ENV) == "1":
+            except (*USER_ERRORS, *user_errors) as error:
+                if debug:
                     raise
-                print(f"spidr-hf {name}: error: {error}", file=sys.stderr)
-                return error.exit_status if isinstance(error, UsageError) else exit_status
+                print(f"spidr-hf {name}: error: {_one_line(error)}", file=sys.stderr)
+                return EXIT_USER_ERROR
+            except KeyboardInterrupt:
+                if debug:
+                    raise
+                print(f"spidr-hf {name}: interrupted", file=sys.stderr)
+                return 130
 
         return run
 
     return decorate
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line (an ``OSError`` without one says what it is about)."""
+    text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+def _number(text: str, cast: type, kind: str, valid: Callable[[float], bool]) -> int | float:
+    try:
+        value = cast(text)
+    except ValueError:
+        value = None
+    if value is None or value != value or value in (float("inf"), float("-inf")) or not valid(value):
+        raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0."""
+    return _number(text, int, "a positive integer", lambda v: v > 0)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _number(text, int, "a non-negative integer", lambda v: v >= 0)
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    return _number(text, float, "a positive number", lambda v: v > 0)
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    return _number(text, float, "a non-negative number", lambda v: v >= 0)
 
 
 def model_and_audio_parser(prog: str, description: str, epilog: str) -> CommandParser:

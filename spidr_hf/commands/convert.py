@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from spidr_hf.commands import CommandParser, apply_output_flags, command
-from spidr_hf.convert import CheckpointError, convert_checkpoint
+from spidr_hf.convert import convert_checkpoint
 
 DESCRIPTION = "convert a reference SpidR/DinoSR checkpoint (.pt) into a transformers directory"
 
@@ -17,7 +17,7 @@ def build_parser() -> CommandParser:
     return parser
 
 
-@command("convert", user_errors=(CheckpointError, FileNotFoundError))
+@command("convert")
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     apply_output_flags(args)

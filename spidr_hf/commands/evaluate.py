@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from spidr_hf import evaluation as ev
-from spidr_hf.commands import CommandParser, apply_output_flags, command
+from spidr_hf.commands import CommandParser, apply_output_flags, command, positive_int
+from spidr_hf.runs import prepare_output_dir
 
 DESCRIPTION = "unit quality against phone alignments (purity, PNMI, perplexity, bitrate) and ABX"
 
@@ -25,7 +26,7 @@ def build_parser() -> CommandParser:
     units.add_argument(
         "--units", type=Path, help='units.jsonl: {"id", "units": [int per frame], ...} (spidr-hf extract)'
     )
-    units.add_argument("--codebook-size", type=int, help="number of codewords K (default: largest unit + 1)")
+    units.add_argument("--codebook-size", type=positive_int, help="number of codewords K (default: largest unit + 1)")
     units.add_argument(
         "--exclude-silence", action="store_true", help="drop SIL frames from the phone/unit statistics"
     )
@@ -86,13 +87,13 @@ def write_unit_plots(frames: ev.FrameCounts, output_dir: Path) -> None:
     ev.plot_codebook_usage(frames.unit_counts, output_dir / "codebook_usage.png")
 
 
-# bad inputs exit with status 1, as this command always has
-@command("evaluate", user_errors=(ValueError, ImportError, FileNotFoundError), exit_status=1)
+@command("evaluate", user_errors=(ImportError,))  # ABX without fastabx installed
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)
     apply_output_flags(args)
+    prepare_output_dir(args.output_dir, "--output-dir", create=False)
     metrics: dict = {}
     # every input is read and checked before the output folder is touched: a mistake leaves nothing behind
     frames = unit_frames(args) if args.alignments is not None else None
@@ -109,7 +110,7 @@ def main(argv: list[str]) -> int:
                 device=args.device,
             )
         )
-    args.output_dir.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(args.output_dir, "--output-dir")
     if frames is not None:
         write_unit_plots(frames, args.output_dir)
     (args.output_dir / "metrics.json").write_text(json.dumps(ev.json_ready(metrics), indent=2) + "\n")

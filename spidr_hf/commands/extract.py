@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 
-from spidr_hf.commands import apply_output_flags, command, model_and_audio_parser
+from spidr_hf.commands import (
+    apply_output_flags,
+    command,
+    model_and_audio_parser,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from spidr_hf.errors import UsageError
 from spidr_hf.extract import ExtractionOptions, extract
 
@@ -64,12 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("running")
     run.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)")
     run.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="model compute dtype")
-    run.add_argument("--max-batch-samples", type=int,
+    run.add_argument("--max-batch-samples", type=positive_int,
                      help="padded samples per batch, batch size x longest (default: 3.2M on a GPU, 1 file on a CPU)")  # fmt: skip
-    run.add_argument("--max-whole-s", type=float, default=60.0, help="longer files are processed in windows")
-    run.add_argument("--window-s", type=float, default=20.0, help="kept (core) seconds per window")
-    run.add_argument("--context-s", type=float, default=5.0, help="context seconds on each side of a window")
-    run.add_argument("--num-workers", type=int,
+    run.add_argument("--max-whole-s", type=positive_float, default=60.0, help="longer files are processed in windows")
+    run.add_argument("--window-s", type=positive_float, default=20.0, help="kept (core) seconds per window")
+    run.add_argument("--context-s", type=non_negative_float, default=5.0, help="context seconds on each side of a window")
+    run.add_argument("--num-workers", type=non_negative_int,
                      help="decoding processes (default: the cores torch leaves free, at most 4; 0 on a CPU run)")  # fmt: skip
     run.add_argument(
         "--shard", type=_shard, help="process shard i of n (default: RANK/WORLD_SIZE when launched)"
@@ -92,7 +100,7 @@ def _launcher_shard_and_device(args: argparse.Namespace) -> tuple[tuple[int, int
     return shard, device
 
 
-@command("extract", user_errors=(FileNotFoundError, ValueError))  # bad inputs or options: nothing was extracted
+@command("extract")
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -125,7 +133,9 @@ def main(argv: list[str]) -> int:
     )
     try:
         report = extract(args.model_dir, args.inputs, options)
-    except RuntimeError as err:  # --strict stops at the first failure: the run failed (status 1)
-        raise UsageError(str(err), exit_status=1) from err
+    except RuntimeError as err:  # --strict stops at the first failure
+        raise UsageError(str(err)) from err
     print(report.summary())
-    return 1 if report.all_failed else 0
+    if report.all_failed:
+        raise UsageError(f"no input could be processed: all {len(report.failed)} failed (see above).")
+    return 0

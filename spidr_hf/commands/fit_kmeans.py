@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
-from spidr_hf.commands import apply_output_flags, command, model_and_audio_parser
+from spidr_hf.commands import apply_output_flags, command, model_and_audio_parser, positive_int
+from spidr_hf.errors import UsageError
 from spidr_hf.extract import load_model, sample_frames
+from spidr_hf.runs import prepare_output_dir
 from spidr_hf.sources import collect_inputs
 from spidr_hf.units import KMeansQuantizer
 
@@ -29,13 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--layer", type=int, required=True, help="1-based encoder layer (the paper's best: 6)"
     )
-    parser.add_argument("--clusters", type=int, required=True, help="k, the number of units")
+    parser.add_argument("--clusters", type=positive_int, required=True, help="k, the number of units")
     parser.add_argument("--representation", choices=["before_residual", "hidden_state"], default="before_residual",
                         help="the FFN output before the residual (the paper's), or the post-LayerNorm output")  # fmt: skip
     parser.add_argument(
-        "--max-frames", type=int, default=200_000, help="frames sampled to fit on (50 per second)"
+        "--max-frames", type=positive_int, default=200_000, help="frames sampled to fit on (50 per second)"
     )
-    parser.add_argument("--max-iter", type=int, default=100, help="most Lloyd iterations")
+    parser.add_argument("--max-iter", type=positive_int, default=100, help="most Lloyd iterations")
     parser.add_argument("--seed", type=int, default=0, help="seeds the file order and k-means++")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available, else cpu)")
     parser.add_argument("--output-dir", help="where the k-means file goes (default: MODEL_DIR)")
@@ -43,16 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@command("fit-kmeans", user_errors=(FileNotFoundError, ValueError))
+@command("fit-kmeans")
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     apply_output_flags(args)
+    out = prepare_output_dir(args.output_dir or args.model_dir, "--output-dir", create=False)
+    inputs = collect_inputs(args.inputs, args.audio_column)
+    for path, reason in inputs.unreadable:
+        logging.getLogger(__name__).warning("skipping %s: %s", path, reason)
+    if not inputs.items:
+        raise UsageError(f"no audio file in {', '.join(args.inputs)}.")
     model = load_model(args.model_dir, args.device)
-    frames = sample_frames(model, collect_inputs(args.inputs, args.audio_column), args.layer,
-                           args.representation, max_frames=args.max_frames, seed=args.seed)  # fmt: skip
+    frames = sample_frames(model, inputs, args.layer, args.representation, max_frames=args.max_frames, seed=args.seed)
     quantizer = KMeansQuantizer.fit(frames.to(model.device), args.clusters, args.layer, args.representation,
                                     max_iter=args.max_iter, seed=args.seed)  # fmt: skip
-    path = quantizer.save_pretrained(args.output_dir or args.model_dir)
+    path = quantizer.save_pretrained(out)
     info = quantizer.info
     print(f"k-means, k={quantizer.k}, layer {args.layer} ({args.representation}): {info['num_frames']} frames, "
           f"{info['num_iterations']} iterations, inertia per frame {info['inertia'] / info['num_frames']:.4g}")  # fmt: skip

@@ -21,7 +21,13 @@ from transformers import PrinterCallback, set_seed
 
 from spidr_hf.commands import add_output_flags, apply_output_flags, command, kebab_case_flags
 from spidr_hf.errors import UsageError
-from spidr_hf.training import SpidRPretrainer, load_pretraining_model, parse_pretraining_args
+from spidr_hf.runs import prepare_output_dir
+from spidr_hf.training import (
+    PretrainingError,
+    SpidRPretrainer,
+    load_pretraining_model,
+    parse_pretraining_args,
+)
 
 DESCRIPTION = "pretrain SpidR on a folder or manifest of audio (transformers Trainer; torchrun for DDP)"
 
@@ -29,7 +35,7 @@ DESCRIPTION = "pretrain SpidR on a folder or manifest of audio (transformers Tra
 _LAST_CHECKPOINT = {"last", "true", "True"}
 
 
-@command("pretrain")
+@command("pretrain", user_errors=(PretrainingError,))
 def main(argv: list[str]) -> int:
     if any(flag in argv for flag in ("-h", "--help")):
         print(f"spidr-hf pretrain: {DESCRIPTION}\n\n{__doc__.split(chr(10), 2)[2]}")
@@ -42,13 +48,15 @@ def main(argv: list[str]) -> int:
         args.disable_tqdm = True
     if args.train_data is None:
         raise UsageError("--train-data (a folder or manifest of audio) is required.")
+    if args.should_save:
+        prepare_output_dir(args.output_dir, "--output-dir")
     set_seed(args.seed)  # the same weights on every rank, and for every run with this seed
     model = load_pretraining_model(args.model_config, args.config_overrides)
     trainer = SpidRPretrainer(model, args)
     if flags.quiet:  # the metrics still reach the loggers (TensorBoard ...), not the terminal
         trainer.pop_callback(PrinterCallback)
     resume = args.resume_from_checkpoint
-    trainer.train(resume_from_checkpoint=True if resume in _LAST_CHECKPOINT else resume)
+    trainer.train(resume_from_checkpoint="last" if resume in _LAST_CHECKPOINT else resume)
     out = trainer.save_pretrained_model()
     if args.should_log:
         print(f"Wrote {out}: model.safetensors, config.json, preprocessor_config.json, README.md, remote code.")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -20,9 +20,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..audio import AudioDecodeError
 from ..modeling import SAMPLING_RATE
+from ..runs import die_with_parent
 from ..sources import AudioInputs, AudioItem
 
 GPU_BATCH_SAMPLES = 3_200_000
+
+T = TypeVar("T")
 
 
 def default_batch_samples(device: torch.device) -> int:
@@ -63,7 +66,7 @@ def plan_batches(items: list[AudioItem], max_whole_seconds: float, budget: int) 
     return [[short[j] for j in batch] for batch in length_batches(lengths, budget)] + alone
 
 
-def select_shard(items: list[AudioItem], shard: tuple[int, int]) -> list[AudioItem]:
+def select_shard(items: list[T], shard: tuple[int, int]) -> list[T]:
     """Every ``n``-th item starting at ``i``, for ``shard=(i, n)``."""
     index, count = shard
     if not 0 <= index < count:
@@ -114,6 +117,7 @@ def decoding_loader(dataset: DecodedBatches, num_workers: int) -> DataLoader:
         collate_fn=_as_is,  # keep numpy waves and exceptions as they are
         num_workers=num_workers,
         prefetch_factor=2 if num_workers > 0 else None,
+        worker_init_fn=die_with_parent if num_workers > 0 else None,  # not left behind by a killed run
     )
 
 

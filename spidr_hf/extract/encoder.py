@@ -7,7 +7,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
+from ..model_dir import check_model_source
 from ..modeling import FrameGeometry, SpidRForPreTraining, SpidRModel
 from ..units import encoder_of, frame_mask_of, resolve_layer, select_layer
 from .batching import pad_batch
@@ -26,8 +28,18 @@ def load_model(
     codebooks are tiny, and bf16 codewords would move units.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    source = check_model_source(model_dir)
     cls = SpidRForPreTraining if pretraining else SpidRModel
-    model = cls.from_pretrained(model_dir, dtype=torch.float32)
+    try:
+        model, info = cls.from_pretrained(source, dtype=torch.float32, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # a cut-short file, weights of another shape
+        raise ValueError(f"cannot load the model in {model_dir}: {err}") from err
+    if info["missing_keys"]:  # from_pretrained would fill them with random numbers
+        missing = sorted(info["missing_keys"])
+        what = ("prediction heads and codebooks (an encoder-only checkpoint: use --units kmeans, or a "
+                "pretraining checkpoint)" if pretraining and any(k.startswith("heads.") for k in missing)
+                else "weights")  # fmt: skip
+        raise ValueError(f"model {model_dir} lacks {what}: {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}.")
     encoder_of(model).to(DTYPES[dtype])
     return model.to(device).eval()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,32 @@ class ExtractionOptions:
     strict: bool = False
     progress: bool = True
     audio_column: str = "audio"
+
+    def __post_init__(self) -> None:
+        choices = {
+            "representation": ("hidden_state", "before_residual"),
+            "units": (None, *UNIT_KINDS),
+            "output_format": ("safetensors", "npy"),
+            "store_dtype": ("fp32", "fp16"),
+            "dtype": tuple(DTYPES),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        numbers = {
+            "max_batch_samples": (self.max_batch_samples is None or self.max_batch_samples > 0, "a positive integer"),
+            "max_whole_seconds": (self.max_whole_seconds > 0, "a positive number of seconds"),
+            "window_seconds": (self.window_seconds > 0, "a positive number of seconds"),
+            "context_seconds": (self.context_seconds >= 0, "a non-negative number of seconds"),
+            "num_workers": (self.num_workers is None or self.num_workers >= 0, "a non-negative integer"),
+        }
+        for name, (valid, kind) in numbers.items():
+            value = getattr(self, name)
+            if not valid or (isinstance(value, float) and not math.isfinite(value)):
+                raise ValueError(f"{name} must be {kind}, got {value!r}.")
+        index, count = self.shard
+        if not 0 <= index < count:
+            raise ValueError(f"shard must be i/n with 0 <= i < n, got {index}/{count}.")
 
     def output_signature(self) -> dict[str, Any]:
         """The options that change what the outputs contain (a resumed run must keep them)."""

@@ -6,14 +6,15 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..audio import standardize
+from ..audio import AUDIO_EXTENSIONS, standardize
+from ..model_dir import check_model_source
 from ..modeling import SAMPLING_RATE
 from ..progress import progress_bar
+from ..runs import exclusive_writer, prepare_output_dir
 from ..sources import AudioInputs, AudioItem, collect_inputs
 from ..units import encoder_of
 from .batching import (
@@ -38,37 +39,59 @@ def extract(
     options: ExtractionOptions,
     model: torch.nn.Module | None = None,
 ) -> ExtractionReport:
-    """Extract features or units of ``inputs`` into ``options.output_dir`` (see :mod:`spidr_hf.extract`)."""
+    """Extract features or units of ``inputs`` into ``options.output_dir`` (see :mod:`spidr_hf.extract`).
+
+    Everything is checked before anything is written: the output folder, the inputs (at least one
+    file for this shard), the model and the options. Paths a folder walk could not read count
+    as failures. The shard's output files are locked against a second writer (``TimeoutError``).
+    """
     started = time.perf_counter()
-    out = Path(options.output_dir)
+    if model is None:
+        check_model_source(model_dir)  # a missing model first: it is the first thing named
+    out = prepare_output_dir(options.output_dir, "--output-dir", create=False)
+    collected = inputs if isinstance(inputs, AudioInputs) else collect_inputs(inputs, options.audio_column)
+    shard_items = select_shard(collected.items, options.shard)
+    unreadable = select_shard(collected.unreadable, options.shard)
+    if not shard_items and not unreadable:
+        raise ValueError(_nothing_to_do(collected, inputs, options.shard))
     if model is None:  # head and codeword units need the pretraining model's heads and codebooks
         model = load_model(model_dir, options.device, options.dtype, options.units in ("head", "codeword"))
     units = UnitComputer.from_options(options, model, model_dir) if options.units else None
     keys = _frame_keys(options, units, encoder_of(model).config.num_hidden_layers)
     budget = options.max_batch_samples or default_batch_samples(encoder_of(model).device)
     encoder = FrameEncoder(model, keys, budget)
-    check_signature(out, options, str(model_dir))  # options are valid: record them
+    prepare_output_dir(out, "--output-dir")  # inputs, model and options are valid: outputs may be written
     suffix = shard_suffix(options.shard)
-    if units is not None:
-        writer: FeatureWriter | UnitWriter = UnitWriter(out / f"units{suffix}.jsonl")
-    else:
-        writer = FeatureWriter(out, [k[0] for k in keys], options.representation, options.output_format,
-                               DTYPES[options.store_dtype], encoder.geometry.frame_rate)  # fmt: skip
-
-    collected = inputs if isinstance(inputs, AudioInputs) else collect_inputs(inputs, options.audio_column)
-    shard_items = select_shard(collected.items, options.shard)
-    todo = [item for item in shard_items if not writer.is_done(item)]
-    report = ExtractionReport(skipped=len(shard_items) - len(todo))
-    if report.skipped:
-        logger.info("skipping %d file(s) already extracted in %s", report.skipped, out)
-    pending, _ = collected.with_items(todo).probe_lengths()  # unreadable headers fail when decoded
-    try:
-        _run(pending, options, encoder, units, writer, report)
-    finally:
-        writer.close()
-    write_failures(out / f"failures{suffix}.jsonl", report.failed)
+    with exclusive_writer(out, f"extract{suffix}", f"shard {options.shard[0]}/{options.shard[1]}" if suffix else "outputs"):
+        check_signature(out, options, str(model_dir))
+        if units is not None:
+            writer: FeatureWriter | UnitWriter = UnitWriter(out / f"units{suffix}.jsonl")
+        else:
+            writer = FeatureWriter(out, [k[0] for k in keys], options.representation, options.output_format,
+                                   DTYPES[options.store_dtype], encoder.geometry.frame_rate)  # fmt: skip
+        todo = [item for item in shard_items if not writer.is_done(item)]
+        report = ExtractionReport(skipped=len(shard_items) - len(todo))
+        if report.skipped:
+            logger.info("skipping %d file(s) already extracted in %s", report.skipped, out)
+        for path, reason in unreadable:
+            _fail(report, path, OSError(reason), options.strict)
+        pending, _ = collected.with_items(todo).probe_lengths()  # unreadable headers fail when decoded
+        try:
+            _run(pending, options, encoder, units, writer, report)
+        finally:
+            writer.close()
+        write_failures(out / f"failures{suffix}.jsonl", report.failed)
     report.elapsed_seconds = time.perf_counter() - started
     return report
+
+
+def _nothing_to_do(collected: AudioInputs, inputs: Sequence | AudioInputs, shard: tuple[int, int]) -> str:
+    """Why a run has no file to process: no audio in the inputs, or none in this shard."""
+    if collected.items:
+        return (f"shard {shard[0]}/{shard[1]} holds no file: the inputs have {len(collected.items)} file(s) "
+                f"for {shard[1]} shards.")  # fmt: skip
+    named = "the inputs" if isinstance(inputs, AudioInputs) else ", ".join(map(str, inputs))
+    return f"no audio file in {named} (audio files are {', '.join(AUDIO_EXTENSIONS)}; manifests list them)."
 
 
 def _frame_keys(options: ExtractionOptions, units: UnitComputer | None, num_layers: int) -> list[FrameKey]:
@@ -97,10 +120,10 @@ def _run(
             good = [(item, wave) for item, wave in decoded if not isinstance(wave, Exception)]
             for item, error in decoded:
                 if isinstance(error, Exception):
-                    _fail(report, item, error, options.strict)
+                    _fail(report, item.path, error, options.strict)
             for item, frames, seconds in _encode(good, encoder, options):
                 if isinstance(frames, Exception):
-                    _fail(report, item, frames, options.strict)
+                    _fail(report, item.path, frames, options.strict)
                     continue
                 writer.write(item, units(frames) if units is not None else frames)
                 report.written += 1
@@ -133,8 +156,8 @@ def _encode(
         yield item, frames, len(wave) / SAMPLING_RATE
 
 
-def _fail(report: ExtractionReport, item: AudioItem, error: Exception, strict: bool) -> None:
-    logger.error("failed: %s: %s", item.path, error)
-    report.failed.append((item.path, f"{type(error).__name__}: {error}"))
+def _fail(report: ExtractionReport, path: str, error: Exception, strict: bool) -> None:
+    logger.error("failed: %s: %s", path, error)
+    report.failed.append((path, f"{type(error).__name__}: {error}"))
     if strict:
-        raise RuntimeError(f"--strict: stopping at the first failure ({item.path}: {error})") from error
+        raise RuntimeError(f"--strict: stopping at the first failure ({path}: {error})") from error

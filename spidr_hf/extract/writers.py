@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
+from ..runs import atomic_write, save_safetensors
 from ..sources import AudioItem
 from .encoder import FrameKey
 from .options import ExtractionOptions
@@ -67,7 +66,7 @@ class FeatureWriter:
         if self.fmt == "safetensors":
             metadata = {"representation": self.representation, "frame_rate": str(self.frame_rate), "path": item.path}
             named = {f"layer{layer}": t for layer, t in zip(self.layers, tensors, strict=True)}
-            atomic_write(paths[0], lambda tmp: save_file(named, tmp, metadata=metadata))
+            atomic_write(paths[0], lambda tmp: save_safetensors(named, tmp, metadata))
         else:
             for path, tensor in zip(paths, tensors, strict=True):
                 array = tensor.numpy() if tensor.dtype != torch.bfloat16 else tensor.float().numpy()
@@ -127,16 +126,6 @@ def _read_done_ids(path: Path) -> set[str]:
     return done
 
 
-def atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """Write through a temporary file in the same folder, then rename (readers never see half a file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def shard_suffix(shard: tuple[int, int]) -> str:
     """``""`` for a whole run, ``.<i>-of-<n>`` for shard ``i`` of ``n``."""
     return "" if shard[1] == 1 else f".{shard[0]}-of-{shard[1]}"
@@ -147,15 +136,27 @@ def check_signature(out: Path, options: ExtractionOptions, model_dir: str) -> No
     signature = {"model": str(Path(model_dir).resolve()), **options.output_signature()}
     path = out / "extraction.json"
     if path.is_file():
-        previous = json.loads(path.read_text())
-        if previous != json.loads(json.dumps(signature)):
+        try:
+            previous = json.loads(path.read_text())
+        except ValueError:  # not ours, or cut short by hand: compare it as a different extraction
+            previous = None
+        if previous == json.loads(json.dumps(signature)):
+            return
+        if _holds_outputs(out):
             raise ValueError(
                 f"{out} holds outputs of another extraction ({previous}); this one is {signature}. "
                 "Use another --output-dir, or remove the old outputs."
             )
-        return
+        logger.info("%s holds no outputs yet: replacing the options of an extraction that wrote none", out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(signature, indent=1) + "\n"))
+
+
+def _holds_outputs(out: Path) -> bool:
+    """Whether ``out`` holds a feature file or a unit line (what a mismatched rerun would mix with)."""
+    if any(path.stat().st_size > 0 for path in out.glob("units*.jsonl")):
+        return True
+    return any(path.suffix in (".safetensors", ".npy") and not path.name.startswith(".") for path in out.rglob("*"))
 
 
 def write_failures(path: Path, failed: list[tuple[str, str]]) -> None:

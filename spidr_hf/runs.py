@@ -1,0 +1,117 @@
+"""What every run shares besides its data: an output folder and helper processes.
+
+* :func:`prepare_output_dir` checks an output folder before any work (a file in the way, a folder
+  that cannot be created or written to), so that a run fails at once rather than after hours;
+* :func:`exclusive_writer` locks a folder (or one shard of it) against a second writer, through
+  ``filelock`` (an OS lock: released when the process dies, however it dies);
+* :func:`atomic_write` writes a file under a temporary name and renames it, so a reader (or a
+  resumed run) never sees half a file; :func:`save_safetensors` writes the same tensors and
+  metadata as the same bytes, run after run;
+* :func:`die_with_parent` makes a worker process (a DataLoader worker) end when the process that
+  started it is killed, even by SIGKILL, instead of holding its memory until someone notices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from filelock import FileLock, Timeout
+from safetensors.torch import save_file
+
+
+def prepare_output_dir(path: str | os.PathLike, what: str = "output folder", create: bool = True) -> Path:
+    """Create ``path`` (and its parents) and check that files can be written into it.
+
+    Raises ``NotADirectoryError`` when a file is in the way and ``PermissionError`` when the
+    folder cannot be written to; both messages name ``what`` and the path. With ``create=False``
+    only checks that it could be created: nothing is written.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{what} {path} is a file, not a folder: give a folder path.")
+    if not create:
+        existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{what} {path} cannot be created: {existing} is a file.")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(f"{what} {path} cannot be written to (no write permission on {existing}).")
+        return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise PermissionError(f"{what} {path} cannot be written to ({reason}).") from error
+    return path
+
+
+@contextlib.contextmanager
+def exclusive_writer(folder: str | os.PathLike, name: str, what: str) -> Iterator[None]:
+    """Hold the lock file ``folder/.NAME.lock`` while writing; a second writer fails at once (``TimeoutError``)."""
+    lock = FileLock(Path(folder) / f".{name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout as error:
+        raise TimeoutError(
+            f"another process is writing {what} into {folder} (it holds {lock.lock_file}); "
+            "wait for it to finish or write elsewhere."
+        ) from error
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
+    """Write through a temporary file in the same folder, then rename (readers never see half a file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file`` with its metadata in sorted order, so the same outputs are the same bytes.
+
+    safetensors writes its metadata map in a per-process random order; the header is rewritten in
+    place with the same keys and values, sorted (same length: the data offsets do not move).
+    """
+    save_file(tensors, path, metadata=metadata)
+    with open(path, "r+b") as f:
+        length = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(length))
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= length:  # the same characters reordered; else leave the file as written
+            f.seek(8)
+            f.write(text.ljust(length))
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(*_: object) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux; elsewhere nothing).
+
+    For ``worker_init_fn``: PyTorch's DataLoader workers check on their parent only between two
+    batches, and a worker blocked on a full queue never does.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+__all__ = ["atomic_write", "die_with_parent", "exclusive_writer", "prepare_output_dir", "save_safetensors"]
