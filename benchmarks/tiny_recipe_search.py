@@ -31,12 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from spidr_hf.modeling import SpidRConfig, SpidRForPreTraining, masked_instance_norm
+from spidr_hf.training import SpidRPretrainer, SpidRTrainingArguments, load_recipe
 from transformers import TrainerCallback, set_seed
 
+from spidr_hf.audio import standardize
 from spidr_hf.demo import HELDOUT_VOICES, TRAIN_VOICES
-from spidr_hf.modeling import SpidRConfig, SpidRForPreTraining, masked_instance_norm
 from spidr_hf.synth import synthesize_corpus
-from spidr_hf.training import SpidRPretrainer, SpidRTrainingArguments, load_recipe
 from spidr_hf.unit_scores import AlignedCorpus, UnitQualityCallback, score_units
 
 # The tiny_cpu recipe before the search (the paper's architecture at tiny size, 1e-3, spans of 10 at 0.8)
@@ -68,16 +69,22 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                                  {"mask_prob": 0.5, "mask_length": 5, "weight_decay": 1.0}),
     "group_norm_posconv_1": ({"feat_extract_norm": "group_norm", "num_conv_pos_embedding_layers": 1,
                               "num_conv_pos_embeddings": 19, "codebook_decay": 0.5}, {"mask_prob": 0.5, "mask_length": 5}),
+    "group_norm_posconv_5": ({"feat_extract_norm": "group_norm", "codebook_decay": 0.5}, {"mask_prob": 0.5, "mask_length": 5}),
+    "group_norm_posconv_1_lr_2e-3": ({"feat_extract_norm": "group_norm", "num_conv_pos_embedding_layers": 1,
+                                      "num_conv_pos_embeddings": 19, "codebook_decay": 0.5},
+                                     {"mask_prob": 0.3, "mask_length": 3, "learning_rate": 2e-3}),
+    "posconv_1_width_256": ({"hidden_size": 256, "intermediate_size": 512, "num_conv_pos_embedding_layers": 1,
+                             "num_conv_pos_embeddings": 19, "codebook_decay": 0.5}, {"mask_prob": 0.5, "mask_length": 5}),
     "recipe": None,  # the tiny_cpu recipe as it ships
 }  # fmt: skip
 
 
-def corpora(root: Path) -> tuple[Path, Path]:
-    """The demo's training and held-out corpora, rendered once under `root`."""
-    train, heldout = root / "corpus", root / "heldout"
-    if not (train / "alignments.jsonl").is_file():
-        info = synthesize_corpus(train, 12.0, seed=0, voices=TRAIN_VOICES, progress=False, overwrite=True)
-        synthesize_corpus(heldout, 4.0, seed=1, voices=HELDOUT_VOICES, progress=False, overwrite=True,
+def render_corpora(root: Path, minutes: float) -> tuple[Path, Path]:
+    """The demo's training and held-out corpora (`minutes` and a third of it), rendered once under `root`."""
+    train, heldout = root / f"corpus_{minutes:g}", root / f"heldout_{minutes:g}"
+    if not (heldout / "alignments.jsonl").is_file():
+        info = synthesize_corpus(train, minutes, seed=0, voices=TRAIN_VOICES, progress=False, overwrite=True)
+        synthesize_corpus(heldout, minutes / 3, seed=1, voices=HELDOUT_VOICES, progress=False, overwrite=True,
                           exclude_texts={u.text for u in info.utterances})  # fmt: skip
     return train, heldout
 
@@ -92,7 +99,9 @@ def effective_rank(x: torch.Tensor) -> float:
 class Diagnostics(TrainerCallback):
     """Teacher targets, teacher drift and feature-encoder collapse on held-out speech, every `every` steps."""
 
-    def __init__(self, model: SpidRForPreTraining, heldout: AlignedCorpus, every: int, utterances: int = 40) -> None:
+    def __init__(
+        self, model: SpidRForPreTraining, heldout: AlignedCorpus, every: int, utterances: int = 40
+    ) -> None:
         self.every, self.history = every, []
         self.waves = heldout.waves[:utterances]
         self.phones = [p for labels in heldout.phones[:utterances] for p in labels]
@@ -101,8 +110,6 @@ class Diagnostics(TrainerCallback):
 
     @torch.no_grad()
     def measure(self, model: SpidRForPreTraining, step: int) -> dict[str, Any]:
-        from spidr_hf.audio import standardize
-
         model.eval()
         config = model.config
         targets = {layer: [] for layer in config.codebook_layers}
@@ -113,16 +120,23 @@ class Diagnostics(TrainerCallback):
             temporal, total = temporal + float(centred.square().sum()), total + float(features.square().sum())
             teacher = model.teacher(features, None, output_before_residual=True)
             for layer in config.codebook_layers:
-                targets[layer].append(masked_instance_norm(teacher.before_residual_states[layer - 1].float(), None)[0])
+                targets[layer].append(
+                    masked_instance_norm(teacher.before_residual_states[layer - 1].float(), None)[0]
+                )
         entry: dict[str, Any] = {"step": step, "feature_temporal_variance": temporal / total}
         for index, layer in enumerate(config.codebook_layers):
             x = torch.cat(targets[layer])
             labels = torch.cdist(x, model.codewords[index].float()).argmin(-1)
-            metrics, _ = score_units([labels.numpy()], _one_utterance(self.heldout, self.phones), config.codebook_size)
+            metrics, _ = score_units(
+                [labels.numpy()], _one_utterance(self.heldout, self.phones), config.codebook_size
+            )
             entry[f"target_rank_layer{layer}"] = effective_rank(x)
             entry[f"target_codewords_layer{layer}"] = int(labels.unique().numel())
             entry[f"target_pnmi_layer{layer}"] = metrics["pnmi"]
-        moved = sum(float((p - q).square().sum()) for p, q in zip(model.teacher.parameters(), self.initial_teacher, strict=True))
+        moved = sum(
+            float((p - q).square().sum())
+            for p, q in zip(model.teacher.parameters(), self.initial_teacher, strict=True)
+        )
         entry["teacher_drift"] = (moved / sum(float(q.square().sum()) for q in self.initial_teacher)) ** 0.5
         model.train()
         self.history.append(entry)
@@ -137,7 +151,16 @@ def _one_utterance(corpus: AlignedCorpus, phones: list[str]) -> AlignedCorpus:
     return AlignedCorpus(corpus.root, ["all"], [], [phones], corpus.phone_order)
 
 
-def run(name: str, steps: int, every: int, out: Path, train: Path, heldout: AlignedCorpus, fit: AlignedCorpus) -> dict:
+def run(
+    name: str,
+    steps: int,
+    every: int,
+    out: Path,
+    corpora: tuple[Path, AlignedCorpus, AlignedCorpus],
+    config_overrides: str = "",
+    extra_training: dict[str, Any] | None = None,
+) -> dict:
+    train, heldout, fit = corpora
     recipe = load_recipe("tiny_cpu")
     if VARIANTS[name] is None:  # the recipe as it ships
         model_overrides, training_overrides = {}, {}
@@ -148,11 +171,18 @@ def run(name: str, steps: int, every: int, out: Path, train: Path, heldout: Alig
         model_overrides, training_overrides = VARIANTS[name]
         config = SpidRConfig.tiny(**{**PAPER_TINY_MODEL, **model_overrides})
         recipe = {**recipe, **PAPER_TINY_TRAINING, **training_overrides}
+    if config_overrides:
+        config.update_from_string(config_overrides)
+        model_overrides = {**model_overrides, "config_overrides": config_overrides}
+    training_overrides = {**training_overrides, **(extra_training or {})}
+    recipe.update(training_overrides)
     recipe.pop("config_overrides", None)
     recipe.pop("model_config", None)
     set_seed(0)
     model = SpidRForPreTraining(config)
-    curve = UnitQualityCallback(fit, heldout, config.codebook_size, every)
+    curve = UnitQualityCallback(
+        fit, heldout, config.codebook_size, every, range(1, config.num_hidden_layers + 1)
+    )
     diagnostics = Diagnostics(model, heldout, every)
     args = SpidRTrainingArguments(**{**recipe, "train_data": str(train / "manifest.tsv"), "output_dir": str(out / name),
                                      "max_steps": steps, "save_steps": float(10**9), "logging_steps": 50.0, "seed": 0,
@@ -178,6 +208,15 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="list the variants and exit")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--every", type=int, default=500)
+    parser.add_argument(
+        "--minutes", type=float, default=12.0, help="training speech (the demo's 12 by default)"
+    )
+    parser.add_argument(
+        "--config-overrides", default="", help="SpidRConfig values on top of each variant: a=1,b=[2,3]"
+    )
+    parser.add_argument(
+        "--training-overrides", type=json.loads, default={}, help="training values, JSON: {...}"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path("runs/tiny_recipe_search"))
     args = parser.parse_args()
@@ -188,14 +227,16 @@ def main() -> None:
     names = list(VARIANTS) if args.all else args.variants
     unknown = sorted(set(names) - set(VARIANTS))
     if not names or unknown:
-        parser.error(f"name variants to run (unknown: {unknown})" if unknown else "name variants to run, or --all")
+        parser.error(
+            f"name variants to run (unknown: {unknown})" if unknown else "name variants to run, or --all"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    train, heldout_dir = corpora(args.out / "data")
-    heldout, fit = AlignedCorpus.load(heldout_dir), AlignedCorpus.load(train, max_minutes=3.0)
+    train, heldout_dir = render_corpora(args.out / "data", args.minutes)
+    data = (train, AlignedCorpus.load(heldout_dir), AlignedCorpus.load(train, max_minutes=args.minutes / 4))
     for name in names:
-        run(name, args.steps, args.every, args.out, train, heldout, fit)
+        run(name, args.steps, args.every, args.out, data, args.config_overrides, args.training_overrides)
 
 
 if __name__ == "__main__":
