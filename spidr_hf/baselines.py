@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchaudio
-from safetensors.torch import load_file, save_file
 
 from .modeling import FrameGeometry
+from .runs import load_safetensors, save_safetensors
 from .units import fit_kmeans
 
 FEATURES = ("logmel", "mfcc")
@@ -131,27 +131,23 @@ class BaselineQuantizer:
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/kmeans_<kind>_k<k>.safetensors`` (centroids, with the kind and frame geometry as metadata)."""
         path = Path(folder) / self.filename()
+        path.parent.mkdir(parents=True, exist_ok=True)
         metadata = {
             "kind": self.kind,
             "conv_kernel": json.dumps(list(self.geometry.conv_kernel)),
             "conv_stride": json.dumps(list(self.geometry.conv_stride)),
             "sampling_rate": str(self.geometry.sampling_rate),
         }
-        save_file({"centroids": self.centroids.contiguous()}, str(path), metadata=metadata)
+        save_safetensors({"centroids": self.centroids.contiguous()}, path, metadata)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> BaselineQuantizer:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        if "kind" not in metadata:
-            raise ValueError(f"{path} is not a baseline quantizer (no 'kind' in its metadata).")
+        tensors, metadata = load_safetensors(path, "kind", "a baseline quantizer")
         geometry = FrameGeometry(
             json.loads(metadata["conv_kernel"]), json.loads(metadata["conv_stride"]), int(metadata["sampling_rate"])
         )
-        return cls(metadata["kind"], load_file(str(path))["centroids"], geometry)
+        return cls(metadata["kind"], tensors["centroids"], geometry)
 
 
 __all__ = ["FEATURES", "BaselineQuantizer", "frame_features"]

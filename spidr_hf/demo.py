@@ -96,7 +96,8 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     initial = score_model_units(model, fit_corpus, eval_corpus, k, out / "units", "initial", settings.seed)
 
     print(f"[3/5] Pretraining the tiny SpidR for {max_steps} steps (units scored every {settings.curve_every})")
-    curve = UnitQualityCallback(fit_corpus, eval_corpus, k, settings.curve_every, seed=settings.seed)
+    layers = range(1, model.config.num_hidden_layers + 1)
+    curve = UnitQualityCallback(fit_corpus, eval_corpus, k, settings.curve_every, layers, seed=settings.seed)
     args = SpidRTrainingArguments(
         **{
             **recipe,

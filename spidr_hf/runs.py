@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock, Timeout
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 
@@ -100,6 +101,16 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, 
             f.write(text.ljust(length))
 
 
+def load_safetensors(path: str | os.PathLike, required_key: str, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a file `save_safetensors` wrote; a ``ValueError`` when the metadata lacks
+    `required_key` (the file is not ``what``)."""
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        if required_key not in metadata:
+            raise ValueError(f"{path} is not {what} (no {required_key!r} in its metadata).")
+        return {name: f.get_tensor(name) for name in f.keys()}, metadata
+
+
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -114,4 +125,4 @@ def die_with_parent(*_: object) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-__all__ = ["atomic_write", "die_with_parent", "exclusive_writer", "prepare_output_dir", "save_safetensors"]
+__all__ = ["atomic_write", "die_with_parent", "exclusive_writer", "load_safetensors", "prepare_output_dir", "save_safetensors"]

@@ -37,11 +37,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from .modeling import PADDING_UNIT, codebook_assign, masked_instance_norm
-from .runs import save_safetensors
+from .runs import load_safetensors, save_safetensors
 
 REPRESENTATIONS = ("hidden_state", "before_residual")
 """``hidden_state``: a layer's post-LayerNorm output; ``before_residual``: its FFN output before the residual add."""
@@ -353,14 +352,8 @@ class KMeansQuantizer:
 
     @classmethod
     def load(cls, path: str | Path) -> KMeansQuantizer:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        if "layer" not in metadata:
-            raise ValueError(f"{path} is not a KMeansQuantizer file (no 'layer' in its metadata).")
-        centroids = load_file(path)["centroids"]
-        return cls(centroids, int(metadata["layer"]), metadata.get("representation", "before_residual"),
+        tensors, metadata = load_safetensors(path, "layer", "a KMeansQuantizer file")
+        return cls(tensors["centroids"], int(metadata["layer"]), metadata.get("representation", "before_residual"),
                    json.loads(metadata.get("info", "{}")))  # fmt: skip
 
     @classmethod

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from safetensors.torch import save_file
 from spidr_hf.modeling import FrameGeometry
 
 from spidr_hf.baselines import FEATURES, BaselineQuantizer, frame_features
@@ -51,9 +52,17 @@ def test_quantizer_separates_two_sounds_and_round_trips(kind, tmp_path):
     assert len(set(units[: half - 2].tolist())) == 1 and len(set(units[half + 2 :].tolist())) == 1
     assert units[0] != units[-1]
 
-    loaded = BaselineQuantizer.load(quantizer.save(tmp_path))
+    path = quantizer.save(tmp_path)
+    loaded = BaselineQuantizer.load(path)
     assert loaded.kind == kind and torch.equal(loaded.centroids, quantizer.centroids)
     assert torch.equal(loaded(wave), units)
+    assert quantizer.save(tmp_path / "again").read_bytes() == path.read_bytes()  # byte-identical across saves
+
+
+def test_loading_another_safetensors_file_says_what_it_is_not(tmp_path):
+    save_file({"centroids": torch.zeros(2, 3)}, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="is not a baseline quantizer"):
+        BaselineQuantizer.load(tmp_path / "other.safetensors")
 
 
 def test_too_few_frames_for_k_is_an_error_naming_both_numbers():
@@ -153,8 +162,9 @@ def test_baseline_command_bad_inputs(tmp_path, capsys):
 
     assert main(["baseline", str(tmp_path / "missing"), "--clusters", "4", "--output-dir", str(tmp_path / "o")]) == 2
     assert "spidr-hf baseline: error: input" in capsys.readouterr().err
-    assert main(["baseline", str(tmp_path), "--clusters", "0", "--output-dir", str(tmp_path / "o")]) == 2
-    assert "--clusters must be positive" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(["baseline", str(tmp_path), "--clusters", "4", "--output-dir", str(tmp_path / "file")]) == 2
+    assert "--output-dir " + str(tmp_path / "file") + " is a file, not a folder" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

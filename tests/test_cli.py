@@ -21,6 +21,8 @@ KEBAB = {
     "evaluate": ["--alignments", "a.jsonl", "--units", "u.jsonl", "--output-dir", "e", "--codebook-size", "4",
                  "--exclude-silence", "--features-extension", ".npy"],
     "synth-corpus": ["corpus", "--minutes", "0.5", "--overwrite"],
+    "baseline": ["audio/", "--fit", "train/", "--features", "mfcc", "--clusters", "8", "--output-dir", "b",
+                 "--audio-column", "speech"],
     "demo": ["--output-dir", "d", "--max-steps", "3", "--heldout-minutes", "1", "--curve-every", "2"],
 }  # fmt: skip
 
@@ -171,6 +173,10 @@ MISTAKES = {  # name: (command line, the error line's message)
     "evaluate-non-object-line": (lambda f: ["evaluate", "--alignments", f.list_jsonl, "--units", f.align_jsonl,
                                             "--output-dir", f.root / "e2"],
                                  lambda f: f"{f.list_jsonl}:1: expected a JSON object with 'id' and 'phones', got list"),
+    "baseline-empty-folder": (lambda f: ["baseline", f.empty, "--clusters", "4", "--output-dir", f.root / "b1"],
+                              lambda f: f"no audio found in {f.empty}."),
+    "baseline-too-few-frames": (lambda f: ["baseline", f.audio, "--clusters", "100000", "--output-dir", f.root / "b2"],
+                                lambda f: "cannot fit 100000 logmel clusters on "),
     "convert-output-is-a-file": (lambda f: ["convert", f.file_txt, f.file_txt],
                                  lambda f: f"output folder {f.file_txt} is a file, not a folder"),
     "pretrain-missing-data": (lambda f: ["pretrain", "--train-data", f.root / "nowhere", "--output-dir", f.root / "p1",
@@ -252,6 +258,9 @@ def test_numbers_are_checked_by_the_parsers(capsys):
         ("fit-kmeans", ["m", "a", "--layer", "2", "--clusters", "0"], "--clusters"),
         ("evaluate", ["--output-dir", "o", "--codebook-size", "-1"], "--codebook-size"),
         ("synth-corpus", ["out", "--minutes", "0"], "--minutes"),
+        ("baseline", ["a", "--clusters", "0", "--output-dir", "o"], "--clusters"),
+        ("demo", ["--heldout-minutes", "-1"], "--heldout-minutes"),
+        ("demo", ["--curve-every", "0"], "--curve-every"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             load_command(name).build_parser().parse_args(argv)

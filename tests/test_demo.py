@@ -35,6 +35,8 @@ def test_demo_smoke_writes_every_output(tmp_path, capsys):
         assert row["num_frames"] == rows[0]["num_frames"]  # every row scored on the same held-out frames
     assert results["loss"]["trained"] != results["loss"]["initial"]  # the model did train
     assert [e["step"] for e in results["learning_curve"]] == [2, 4]
+    layers = [str(layer) for layer in range(1, 5)]  # the tiny model's 4 layers: head units and features + k-means
+    assert all(sorted(e["kmeans"]) == layers and len(e["head"]) == 2 for e in results["learning_curve"])
     assert set(results["goal"]) >= {"head_over_logmel", "kmeans_over_logmel", "head_goal_met", "kmeans_goal_met"}
 
     # held out: other sentences, and voices never heard in training
@@ -65,6 +67,10 @@ def test_demo_smoke_writes_every_output(tmp_path, capsys):
 
 
 def test_demo_rejects_bad_settings(tmp_path, capsys):
-    assert cli(["demo", "--max-steps", "0", "--output-dir", str(tmp_path / "d")]) == 2
-    assert capsys.readouterr().err.strip() == "spidr-hf demo: error: --max-steps must be positive, got 0."
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage line, then the error, status 2
+        cli(["demo", "--max-steps", "0", "--output-dir", str(tmp_path / "d")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "spidr-hf demo: error: argument --max-steps: must be a positive integer, got '0'"
+    )
     assert not (tmp_path / "d").exists()

@@ -7,8 +7,9 @@ import json
 import os
 from pathlib import Path
 
-from spidr_hf.commands import CommandParser, apply_output_flags, command
+from spidr_hf.commands import CommandParser, apply_output_flags, command, positive_int
 from spidr_hf.errors import UsageError
+from spidr_hf.runs import prepare_output_dir
 
 DESCRIPTION = "log-mel / MFCC k-means units of audio (the classical baseline for unit quality)"
 
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(prog="spidr-hf baseline", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("inputs", nargs="+", help="audio files, folders (recursive), .csv/.jsonl/.tsv manifests, saved datasets")
     parser.add_argument("--features", choices=FEATURES, default="logmel", help="log-mel (40 bands) or MFCC (13 + deltas)")
-    parser.add_argument("--clusters", type=int, required=True, help="k, the number of units")
+    parser.add_argument("--clusters", type=positive_int, required=True, help="k, the number of units")
     parser.add_argument("--fit", nargs="+", help="audio to fit k-means on (default: the inputs)")
     parser.add_argument("--output-dir", type=Path, required=True, help="where units.jsonl and the centroids go")
     parser.add_argument("--seed", type=int, default=0, help="seeds k-means++")
@@ -58,10 +59,7 @@ def _write_atomically(path: Path, text: str) -> None:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     apply_output_flags(args)
-    if args.clusters <= 0:
-        raise UsageError(f"--clusters must be positive, got {args.clusters}.")
-    if args.output_dir.exists() and not args.output_dir.is_dir():
-        raise UsageError(f"--output-dir {args.output_dir} is a file, not a folder.")
+    prepare_output_dir(args.output_dir, "--output-dir", create=False)
     from spidr_hf.baselines import BaselineQuantizer
 
     inputs = _decode_all(args.inputs, args.audio_column)
