@@ -21,8 +21,9 @@ from .data import (
     load_training_index,
 )
 from .masking import compute_span_mask
+from .monitoring import PretrainingError
 from .recipe import BUILTIN_RECIPES, TriStageSchedule, load_pretraining_model, load_recipe
-from .trainer import PretrainingError, SpidRPretrainer, SpidRTeacherCallback, pretraining_param_groups
+from .trainer import SpidRPretrainer, SpidRTeacherCallback, pretraining_param_groups
 
 __all__ = [
     "BUILTIN_RECIPES",
