@@ -132,7 +132,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
         "kmeans_fit_minutes": round(fit_corpus.minutes, 2),
         "rows": result_rows(baselines, initial, trained),
         "loss": {"initial": initial_loss, "trained": trained_loss},
-        "learning_curve": curve.history,
+        "learning_curve": [initial_curve_point(initial), *curve.history],
         "training_log": [e for e in trainer.state.log_history if "loss" in e],
         "training_seconds": round(train_seconds, 1),
         "trained_model": str(trained_dir),
@@ -184,6 +184,16 @@ def score_model_units(
         _write_units(units_dir / f"{name}_kmeans_layer{layer}.jsonl", evaluate, units)
         kmeans[layer], frames[("kmeans", layer)] = score_units(units, evaluate, k)
     return {"head": head, "kmeans": kmeans, "frames": frames}
+
+
+def initial_curve_point(initial: dict[str, Any]) -> dict[str, Any]:
+    """The model at initialisation as the learning curve's step 0 (scored before training: no seconds in training)."""
+    return {
+        "step": 0,
+        "head": {layer: m["pnmi"] for layer, m in initial["head"].items()},
+        "kmeans": {layer: m["pnmi"] for layer, m in initial["kmeans"].items()},
+        "seconds": 0.0,
+    }
 
 
 def result_rows(baselines: dict, initial: dict, trained: dict) -> list[dict[str, Any]]:

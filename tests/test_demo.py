@@ -34,7 +34,9 @@ def test_demo_smoke_writes_every_output(tmp_path, capsys):
         assert isinstance(row["pnmi"], float) and row["codebook_size"] == k
         assert row["num_frames"] == rows[0]["num_frames"]  # every row scored on the same held-out frames
     assert results["loss"]["trained"] != results["loss"]["initial"]  # the model did train
-    assert [e["step"] for e in results["learning_curve"]] == [2, 4]
+    assert [e["step"] for e in results["learning_curve"]] == [0, 2, 4]  # 0: the initial model's rows
+    initial_heads = {str(r["layer"]): r["pnmi"] for r in rows if r["model"] == "initial" and r["units"] == "head"}
+    assert results["learning_curve"][0]["head"] == initial_heads
     layers = [str(layer) for layer in range(1, 5)]  # the tiny model's 4 layers: head units and features + k-means
     assert all(sorted(e["kmeans"]) == layers and len(e["head"]) == 2 for e in results["learning_curve"])
     assert set(results["goal"]) >= {"head_over_logmel", "kmeans_over_logmel", "head_goal_met", "kmeans_goal_met"}
