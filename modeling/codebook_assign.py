@@ -70,10 +70,10 @@ from .kernel_dispatch import (
     define_op,
     device_guard,
     next_power_of_2,
+    op_runs_triton,
     resolve_backend,
     tl,
     triton,
-    triton_available,
     triton_interpreting,
     unit_last_stride,
 )
@@ -308,7 +308,7 @@ def _assign_op_impl(
     x: torch.Tensor, codewords: torch.Tensor, temperature: float, precision: str, statistics: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The op's kernel: Triton on CUDA (and on CPU under the interpreter), the reference on other CPUs."""
-    if triton_available() and (x.is_cuda or triton_interpreting()):
+    if op_runs_triton(x):
         result = triton_codebook_assign(x, codewords, temperature, precision, statistics=statistics)
     else:
         result = reference_codebook_assign(x, codewords, temperature)

@@ -27,10 +27,10 @@ from .kernel_dispatch import (
     define_op,
     device_guard,
     next_power_of_2,
+    op_runs_triton,
     resolve_backend,
     tl,
     triton,
-    triton_available,
     triton_interpreting,
     unit_last_stride,
 )
@@ -95,16 +95,13 @@ def reference_head_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[tor
 
 
 # ------------------------------------------------------------------------------------- the custom operators
-def _use_triton(t: torch.Tensor) -> bool:
-    """The ops run Triton on CUDA (and on CPU under the interpreter), their torch form on other CPUs."""
-    return triton_available() and (t.is_cuda or triton_interpreting())
 
 
 def _head_loss_op_impl(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Frame losses, per-frame log-sum-exp (saved for backward) and probability sums."""
     logits = unit_last_stride(logits)
     labels = labels.long()
-    if _use_triton(logits):
+    if op_runs_triton(logits):
         return _launch_forward(logits, labels)
     scores = logits.float()
     log_norms = scores.logsumexp(-1)
@@ -124,7 +121,7 @@ def _head_loss_backward_impl(
     """d loss / d logits = (softmax - onehot(label)) * grad, in the logits' dtype."""
     logits = unit_last_stride(logits)
     labels = labels.long()
-    if _use_triton(logits):
+    if op_runs_triton(logits):
         return _launch_backward(logits, labels, log_norms, grad_losses)
     probs = (logits.float() - log_norms[..., None]).exp()
     probs.scatter_add_(-1, labels[..., None], torch.full_like(probs[..., :1], -1.0))

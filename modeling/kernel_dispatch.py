@@ -71,6 +71,17 @@ def installed_interpreter_incompatibility() -> str | None:
     return interpreter_incompatibility(triton.__version__, numpy.__version__)
 
 
+def op_runs_triton(t: torch.Tensor) -> bool:
+    """Whether a custom op's kernel runs Triton on ``t``: on CUDA, and on CPU under a working interpreter.
+
+    Elsewhere the ops run their torch formulas (an interpreter that cannot run, see
+    :func:`interpreter_incompatibility`, included: only forcing ``backend="triton"`` reports it).
+    """
+    if not triton_available():
+        return False
+    return t.is_cuda or (triton_interpreting() and installed_interpreter_incompatibility() is None)
+
+
 def _release(version: str) -> tuple[int, ...]:
     return Version(version).release
 

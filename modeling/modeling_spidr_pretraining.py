@@ -190,7 +190,9 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
         losses, prob_sums = codebook_head_loss(logits, assignment.labels, backend=self.config.codebook_backend)
         frame_losses = losses.mean(0)
         num_masked = frame_losses.shape[0]
-        frames = torch.sym_max(num_masked, 1)  # sym_max: the count may be symbolic under torch.compile
+        # each codebook's counts sum to the masked frames: a tensor denominator, which torch.compile
+        # traces alike on every torch version (a symbolic max of the count breaks the graph on 2.11)
+        frames = assignment.counts.sum(-1, keepdim=True).clamp_min(1)
         output = SpidRForPreTrainingOutput(
             loss=frame_losses.mean(),
             frame_losses=frame_losses,

@@ -2,19 +2,39 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def unmet_build_requirements() -> list[str]:
+    """pyproject.toml's build requirements that the installed packages do not meet."""
+    unmet = []
+    for text in tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]:
+        requirement = Requirement(text)
+        try:
+            version = importlib.metadata.version(requirement.name)
+        except importlib.metadata.PackageNotFoundError:
+            unmet.append(f"{text} (not installed)")
+            continue
+        if not requirement.specifier.contains(version, prereleases=True):
+            unmet.append(f"{text} (installed: {version})")
+    return unmet
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     pytest.importorskip("build")
+    if unmet := unmet_build_requirements():
+        pytest.skip(f"building without isolation needs {', '.join(unmet)}: pip install -U setuptools")
     out = tmp_path_factory.mktemp("wheel")
     # --no-isolation: build with the setuptools already installed (no download)
     result = subprocess.run(
