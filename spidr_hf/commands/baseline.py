@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from spidr_hf.commands import CommandParser, apply_output_flags, command, positive_int
 from spidr_hf.errors import UsageError
-from spidr_hf.runs import prepare_output_dir
+from spidr_hf.runs import atomic_write, prepare_output_dir
 
 DESCRIPTION = "log-mel / MFCC k-means units of audio (the classical baseline for unit quality)"
 
@@ -49,12 +48,6 @@ def _decode_all(inputs: list[str], audio_column: str) -> list[tuple[str, object]
     return [(item.id, collected.decode(item)) for item in collected.items]
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
-
-
 @command("baseline", user_errors=(FileNotFoundError, ValueError))
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
@@ -69,7 +62,8 @@ def main(argv: list[str]) -> int:
     # everything is computed before anything is written: a failed run leaves no partial output
     args.output_dir.mkdir(parents=True, exist_ok=True)
     quantizer.save(args.output_dir)
-    _write_atomically(args.output_dir / "units.jsonl", "\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    atomic_write(args.output_dir / "units.jsonl", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     print(f"{args.features} k-means, k={quantizer.k}: fitted on {len(fit)} file(s), units of {len(inputs)} "
           f"file(s) -> {args.output_dir / 'units.jsonl'}")  # fmt: skip
     return 0
