@@ -24,13 +24,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import set_seed
 
 from spidr_hf import evaluation as ev
 from spidr_hf.audio import load_audio, standardize
-from spidr_hf.baselines import BaselineQuantizer
 from spidr_hf.model_dir import save_pretrained_with_code
 from spidr_hf.synth import synthesize_corpus
 from spidr_hf.training import (
@@ -43,9 +41,9 @@ from spidr_hf.training import (
 from spidr_hf.unit_scores import (
     AlignedCorpus,
     UnitQualityCallback,
+    baseline_units,
     best_layer,
-    encode,
-    kmeans_units,
+    model_units,
     score_units,
 )
 
@@ -152,20 +150,13 @@ def corpus_facts(info: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- scoring
-def _write_units(path: Path, corpus: AlignedCorpus, units: list[np.ndarray]) -> None:
-    """units.jsonl for `spidr-hf evaluate` (the ids of the corpus's alignments)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps({"id": i, "units": np.asarray(u).tolist()}) for i, u in zip(corpus.ids, units, strict=True)]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
 def score_baseline_units(
     kind: str, fit: AlignedCorpus, evaluate: AlignedCorpus, k: int, units_dir: Path
 ) -> dict[str, Any]:
     """Metrics and counts of `kind` k-means units fitted on `fit`, on `evaluate` (units written to `units_dir`)."""
-    quantizer = BaselineQuantizer.fit(fit.waves, kind, k)
-    units = [quantizer(wave).numpy() for wave in evaluate.waves]
-    _write_units(units_dir / f"{kind}.jsonl", evaluate, units)
+    units = baseline_units(kind, fit, evaluate, k)
+    units_dir.mkdir(parents=True, exist_ok=True)
+    ev.write_units(units_dir / f"{kind}.jsonl", evaluate.ids, units)
     metrics, frames = score_units(units, evaluate, k)
     return {"metrics": metrics, "frames": frames}
 
@@ -174,16 +165,15 @@ def score_model_units(
     model: Any, fit: AlignedCorpus, evaluate: AlignedCorpus, k: int, units_dir: Path, name: str, seed: int
 ) -> dict[str, Any]:
     """Head units of each codebook layer and k-means units of each layer, on `evaluate` (units written to `units_dir`)."""
-    evaluated, fitted = encode(model, evaluate), encode(model, fit)
-    head, kmeans, frames = {}, {}, {}
-    for layer, units in evaluated.head_units.items():
-        _write_units(units_dir / f"{name}_head_layer{layer}.jsonl", evaluate, units)
-        head[layer], frames[("head", layer)] = score_units(units, evaluate, model.config.codebook_size)
-    for layer, features in evaluated.features.items():
-        units = kmeans_units(fitted.features[layer], features, k, seed)
-        _write_units(units_dir / f"{name}_kmeans_layer{layer}.jsonl", evaluate, units)
-        kmeans[layer], frames[("kmeans", layer)] = score_units(units, evaluate, k)
-    return {"head": head, "kmeans": kmeans, "frames": frames}
+    units = model_units(model, fit, evaluate, k, seed=seed)
+    sizes = {"head": model.config.codebook_size, "kmeans": k}
+    scored: dict[str, Any] = {"head": {}, "kmeans": {}, "frames": {}}
+    units_dir.mkdir(parents=True, exist_ok=True)
+    for kind, by_layer in units.items():
+        for layer, layer_units in by_layer.items():
+            ev.write_units(units_dir / f"{name}_{kind}_layer{layer}.jsonl", evaluate.ids, layer_units)
+            scored[kind][layer], scored["frames"][(kind, layer)] = score_units(layer_units, evaluate, sizes[kind])
+    return scored
 
 
 def initial_curve_point(initial: dict[str, Any]) -> dict[str, Any]:

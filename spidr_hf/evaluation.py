@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .modeling import FrameGeometry
+from .runs import atomic_write
 from .units import deduplicate
 
 SILENCE = "SIL"
@@ -83,6 +84,14 @@ def read_alignments(path: str | Path) -> dict[str, list[str]]:
 def read_units(path: str | Path) -> dict[str, list[int]]:
     """Frame units by utterance id from ``units.jsonl``."""
     return read_jsonl_field(path, "units", int)
+
+
+def write_units(path: str | Path, ids: Sequence[str], units: Sequence[Sequence[int]]) -> Path:
+    """Write ``units.jsonl`` (``{"id", "units"}`` per line, what :func:`read_units` reads), atomically."""
+    path = Path(path)
+    text = "".join(json.dumps({"id": i, "units": np.asarray(u).tolist()}) + "\n" for i, u in zip(ids, units, strict=True))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return path
 
 
 def read_phone_inventory(path: str | Path) -> list[str]:

@@ -35,6 +35,7 @@ from .evaluation import (
     read_alignments,
     read_phone_inventory,
 )
+from .modeling import SAMPLING_RATE
 from .units import fit_kmeans
 
 
@@ -68,7 +69,7 @@ class AlignedCorpus:
         )
         ids, waves, phones, samples = [], [], [], 0
         for line in (root / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
-            if max_minutes is not None and samples >= max_minutes * 60 * 16_000:
+            if max_minutes is not None and samples >= max_minutes * 60 * SAMPLING_RATE:
                 break
             record = json.loads(line)
             if record["id"] not in alignments:
@@ -82,7 +83,7 @@ class AlignedCorpus:
 
     @property
     def minutes(self) -> float:
-        return sum(w.size for w in self.waves) / 16_000 / 60
+        return sum(w.size for w in self.waves) / SAMPLING_RATE / 60
 
     @property
     def num_frames(self) -> int:
@@ -157,6 +158,31 @@ def kmeans_units(
 
 
 # --------------------------------------------------------------------------- side by side
+def model_units(
+    model: Any,
+    fit: AlignedCorpus,
+    evaluate: AlignedCorpus,
+    k: int,
+    kmeans_layers: Iterable[int] | None = None,
+    seed: int = 0,
+) -> dict[str, dict[int, list[np.ndarray]]]:
+    """`{"head": {layer: units}, "kmeans": {layer: units}}` of `model` on `evaluate`, one array per utterance.
+
+    Head units: the argmax of each codebook layer's head. K-means units: `k` clusters of a layer's
+    before-residual features, fitted on `fit`, for each layer of `kmeans_layers` (default: all).
+    """
+    kmeans_layers = list(kmeans_layers) if kmeans_layers is not None else None
+    evaluated = encode(model, evaluate, kmeans_layers)
+    fitted = encode(model, fit, kmeans_layers) if evaluated.features else None
+    return {
+        "head": evaluated.head_units,
+        "kmeans": {
+            layer: kmeans_units(fitted.features[layer], features, k, seed)
+            for layer, features in evaluated.features.items()
+        },
+    }
+
+
 def score_model(
     model: Any,
     fit: AlignedCorpus,
@@ -165,30 +191,26 @@ def score_model(
     kmeans_layers: Iterable[int] | None = None,
     seed: int = 0,
 ) -> dict[str, dict[int, dict]]:
-    """`{"head": {layer: metrics}, "kmeans": {layer: metrics}}` of `model` on `evaluate`.
+    """`{"head": {layer: metrics}, "kmeans": {layer: metrics}}` of :func:`model_units` on `evaluate`."""
+    units = model_units(model, fit, evaluate, k, kmeans_layers, seed)
+    codebook_size = getattr(model, "spidr", model).config.codebook_size
+    return {
+        "head": {layer: score_units(u, evaluate, codebook_size)[0] for layer, u in units["head"].items()},
+        "kmeans": {layer: score_units(u, evaluate, k)[0] for layer, u in units["kmeans"].items()},
+    }
 
-    Head units: the argmax of each codebook layer's head. K-means units: `k` clusters of a layer's
-    before-residual features, fitted on `fit`, for each layer of `kmeans_layers` (default: all).
-    """
-    kmeans_layers = list(kmeans_layers) if kmeans_layers is not None else None
-    evaluated = encode(model, evaluate, kmeans_layers)
-    fitted = encode(model, fit, kmeans_layers) if evaluated.features else None
-    config = getattr(model, "spidr", model).config
-    scores: dict[str, dict[int, dict]] = {"head": {}, "kmeans": {}}
-    for layer, units in evaluated.head_units.items():
-        scores["head"][layer] = score_units(units, evaluate, config.codebook_size)[0]
-    for layer, features in evaluated.features.items():
-        units = kmeans_units(fitted.features[layer], features, k, seed)
-        scores["kmeans"][layer] = score_units(units, evaluate, k)[0]
-    return scores
+
+def baseline_units(kind: str, fit: AlignedCorpus, evaluate: AlignedCorpus, k: int, seed: int = 0) -> list[np.ndarray]:
+    """`kind` (`"logmel"` / `"mfcc"`) k-means units fitted on `fit`, of each utterance of `evaluate`."""
+    quantizer = BaselineQuantizer.fit(fit.waves, kind, k, seed=seed)
+    return [quantizer(wave).numpy() for wave in evaluate.waves]
 
 
 def score_baseline(
     kind: str, fit: AlignedCorpus, evaluate: AlignedCorpus, k: int, seed: int = 0
 ) -> tuple[dict, FrameCounts]:
-    """Metrics (and counts) of `kind` (`"logmel"` / `"mfcc"`) k-means units fitted on `fit`, on `evaluate`."""
-    quantizer = BaselineQuantizer.fit(fit.waves, kind, k, seed=seed)
-    return score_units([quantizer(wave).numpy() for wave in evaluate.waves], evaluate, k)
+    """Metrics (and counts) of :func:`baseline_units` on `evaluate`."""
+    return score_units(baseline_units(kind, fit, evaluate, k, seed), evaluate, k)
 
 
 def best_layer(scores: dict[int, dict], metric: str = "pnmi") -> int:
@@ -242,9 +264,11 @@ __all__ = [
     "AlignedCorpus",
     "ModelFrames",
     "UnitQualityCallback",
+    "baseline_units",
     "best_layer",
     "encode",
     "kmeans_units",
+    "model_units",
     "score_baseline",
     "score_model",
     "score_units",

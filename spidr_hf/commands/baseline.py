@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from spidr_hf.commands import CommandParser, apply_output_flags, command, positive_int
 from spidr_hf.errors import UsageError
-from spidr_hf.runs import atomic_write, prepare_output_dir
+from spidr_hf.evaluation import write_units
+from spidr_hf.runs import prepare_output_dir
 
 DESCRIPTION = "log-mel / MFCC k-means units of audio (the classical baseline for unit quality)"
 
@@ -58,12 +58,11 @@ def main(argv: list[str]) -> int:
     inputs = _decode_all(args.inputs, args.audio_column)
     fit = inputs if args.fit is None else _decode_all(args.fit, args.audio_column)
     quantizer = BaselineQuantizer.fit([wave for _, wave in fit], args.features, args.clusters, seed=args.seed)
-    lines = [json.dumps({"id": utt_id, "units": quantizer(wave).tolist()}) for utt_id, wave in inputs]
+    units = [quantizer(wave) for _, wave in inputs]
     # everything is computed before anything is written: a failed run leaves no partial output
     args.output_dir.mkdir(parents=True, exist_ok=True)
     quantizer.save(args.output_dir)
-    text = "\n".join(lines) + "\n"
-    atomic_write(args.output_dir / "units.jsonl", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_units(args.output_dir / "units.jsonl", [utt_id for utt_id, _ in inputs], units)
     print(f"{args.features} k-means, k={quantizer.k}: fitted on {len(fit)} file(s), units of {len(inputs)} "
           f"file(s) -> {args.output_dir / 'units.jsonl'}")  # fmt: skip
     return 0
