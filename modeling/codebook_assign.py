@@ -367,8 +367,9 @@ def triton_codebook_assign(
     interpret = triton_interpreting()
     if config is None and interpret:
         config = INTERPRETER_CONFIG
-    if interpret and precision == "bf16x3":
-        precision = "fp16x3"  # the interpreter's bf16 dots are wrong; fp16 halves test the same split
+    split = "fp16x3" if interpret else "bf16x3"  # the interpreter's bf16 dots are wrong; fp16 halves test the same split
+    if precision == "bf16x3":
+        precision = split
     device = x.device
     soft = temperature > 0
     fused_stats = not soft and statistics == "atomic"
@@ -384,7 +385,6 @@ def triton_codebook_assign(
         counts.zero_()
         sums.zero_()
         return CodebookAssignment(labels, probs, counts, sums)
-    split = "fp16x3" if interpret else "bf16x3"
     with device_guard(x):
         args = (
             x, codewords, labels, counts, sums, probs if soft else counts,

@@ -15,6 +15,7 @@ at every launch; the torch reference stays plain PyTorch, which ``torch.compile`
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from typing import Literal
 
@@ -62,8 +63,12 @@ def interpreter_incompatibility(triton_version: str, numpy_version: str) -> str 
     return None
 
 
+@functools.cache
 def installed_interpreter_incompatibility() -> str | None:
-    """:func:`interpreter_incompatibility` for the installed Triton and NumPy (None without Triton)."""
+    """:func:`interpreter_incompatibility` for the installed Triton and NumPy (None without Triton).
+
+    Computed once per process: every op call on CPU asks it (:func:`op_runs_triton`).
+    """
     if not triton_available():
         return None
     import numpy
