@@ -125,7 +125,7 @@ class Workload:
     waves: torch.Tensor
     masks: list[tuple[torch.Tensor, int]]  # (mask on the device, its count on the host)
     autocast: Callable[[], contextlib.AbstractContextManager]
-    forward: Callable | None = None  # the model, compiled or not
+    forward: Callable  # the model, compiled or not
     steps_done: int = 0  # optimizer steps, counted on the host as the trainer does
 
     @property
@@ -157,23 +157,21 @@ def build_workload(args: argparse.Namespace, mode: Mode) -> Workload:
             return contextlib.nullcontext()
         return torch.autocast(args.device.type, dtype=dtype)
 
-    work = Workload(model, optimizer, waves, masks, autocast)
-    work.forward = model
+    forward = model
     if mode.compile == "full":
-        work.forward = torch.compile(model, fullgraph=True, backend=args.compile_backend)
+        forward = torch.compile(model, fullgraph=True, backend=args.compile_backend)
     elif mode.compile == "regional":  # the repeated blocks only: compiled once, reused by every layer
         for layer in (*model.spidr.encoder.layers, *model.teacher.layers):
             layer.compile(fullgraph=True, backend=args.compile_backend)
-    return work
+    return Workload(model, optimizer, waves, masks, autocast, forward)
 
 
 # ------------------------------------------------------------------------------ one step
-def train_step(work: Workload, forward: Callable | None = None) -> torch.Tensor:
+def train_step(work: Workload) -> torch.Tensor:
     """Forward, loss over the masked frames, backward, clip, AdamW, codebooks, EMA (the trainer's step)."""
-    forward = forward or work.forward
     mask, count = work.masks[work.steps_done % len(work.masks)]
     with record_function("forward"), work.autocast():
-        out = forward(work.waves, mask_time_indices=mask, num_masked=count)
+        out = work.forward(work.waves, mask_time_indices=mask, num_masked=count)
         loss = out.frame_losses.sum() / max(count, 1)
     with record_function("backward"):
         loss.backward()

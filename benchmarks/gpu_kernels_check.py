@@ -72,6 +72,13 @@ def exact_fp32(fn):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+def rule_reference(x: torch.Tensor, codewords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 `cdist` labels of `x`, and which frames are clear: two nearest codewords apart by more than RULE_MARGIN."""
+    want = exact_fp32(lambda: torch.cdist(x, codewords).argmin(-1))
+    nearest = torch.cdist(x.double(), codewords.double()).topk(2, dim=-1, largest=False).values
+    return want, (nearest[..., 1] - nearest[..., 0]) > RULE_MARGIN * nearest[..., 0]
+
+
 def check_labels_rule(report: Report, shape, device) -> None:
     from spidr_hf.modeling.codebook_assign import resolve_precision
 
@@ -80,9 +87,7 @@ def check_labels_rule(report: Report, shape, device) -> None:
     auto = resolve_precision("auto", device)
     for kind in ("gaussian", "offset"):
         x, codewords = make_data(kind, shape, device)
-        want = exact_fp32(lambda x=x, codewords=codewords: torch.cdist(x, codewords).argmin(-1))
-        nearest = torch.cdist(x.double(), codewords.double()).topk(2, dim=-1, largest=False).values
-        clear = (nearest[..., 1] - nearest[..., 0]) > RULE_MARGIN * nearest[..., 0]
+        want, clear = rule_reference(x, codewords)
         for precision in PRECISIONS:
             got = codebook_assign(x, codewords, precision=precision, backend="triton").labels
             bad = int(((got != want) & clear).sum())
@@ -100,10 +105,7 @@ def check_bf16_targets(report: Report, x: torch.Tensor, codewords: torch.Tensor,
     from spidr_hf.kernels import codebook_assign
 
     half = x.bfloat16()
-    exact = half.float()
-    want = exact_fp32(lambda: torch.cdist(exact, codewords).argmin(-1))
-    nearest = torch.cdist(exact.double(), codewords.double()).topk(2, dim=-1, largest=False).values
-    clear = (nearest[..., 1] - nearest[..., 0]) > RULE_MARGIN * nearest[..., 0]
+    want, clear = rule_reference(half.float(), codewords)
     got = codebook_assign(half, codewords, precision="bf16x3", backend="triton").labels
     bad = int(((got != want) & clear).sum())
     report.line("labels rule bf16 frames bf16x3", bad == 0, f"{bad} violations on {int(clear.sum())} clear frames")
