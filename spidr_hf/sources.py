@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +51,8 @@ from .audio import (
 from .modeling import SAMPLING_RATE
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json", ".tsv")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -314,6 +317,11 @@ class AudioInputs:
     audio_column: str = "audio"
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     """``(path, reason)`` of what a folder walk found but could not read (loops, dangling links, locked folders)."""
+
+    def warn_unreadable(self) -> None:
+        """Log a warning for each path in ``unreadable``, for runs that go on without them (never silently)."""
+        for path, reason in self.unreadable:
+            logger.warning("skipping %s: %s", path, reason)
 
     def with_items(self, items: list[AudioItem]) -> AudioInputs:
         """The same datasets with other items (a shard, the files left to do)."""

@@ -168,6 +168,19 @@ def test_baseline_command_bad_inputs(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_baseline_command_reports_what_the_folder_walk_could_not_read(tmp_path, caplog):
+    from spidr_hf.cli import main
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    sf.write(audio / "a.wav", np.concatenate([tone(300, 1.0), tone(3000, 1.0)]), 16_000)
+    (audio / "gone").symlink_to(tmp_path / "nowhere", target_is_directory=True)  # a dangling link
+    with caplog.at_level("WARNING", logger="spidr_hf.sources"):
+        assert main(["baseline", str(audio), "--clusters", "2", "--output-dir", str(tmp_path / "out")]) == 0
+    assert any(r.getMessage().startswith(f"skipping {audio / 'gone'}") for r in caplog.records), caplog.text
+    assert len((tmp_path / "out" / "units.jsonl").read_text().splitlines()) == 1
+
+
 def test_evaluate_with_mismatched_ids_writes_nothing(tmp_path, capsys):
     from spidr_hf.cli import main
 

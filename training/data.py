@@ -98,10 +98,9 @@ def load_training_index(
         their lengths at 16 kHz.
     """
     inputs = _index_source(source, audio_column)
-    for path, reason in inputs.unreadable:  # what a folder walk could not read: loops, dangling links ...
-        if strict:
-            raise AudioDecodeError(f"{path}: {reason}")
-        logger.warning("skipping %s: %s", path, reason)
+    if strict and inputs.unreadable:  # what a folder walk could not read: loops, dangling links ...
+        raise AudioDecodeError("{}: {}".format(*inputs.unreadable[0]))
+    inputs.warn_unreadable()
     probed, errors = inputs.probe_lengths(num_threads)
     if errors and strict:
         raise errors[0][1]

@@ -43,6 +43,7 @@ def _decode_all(inputs: list[str], audio_column: str) -> list[tuple[str, object]
     from spidr_hf.sources import collect_inputs
 
     collected = collect_inputs(inputs, audio_column)
+    collected.warn_unreadable()
     if not collected.items:
         raise UsageError(f"no audio found in {' '.join(inputs)}.")
     return [(item.id, collected.decode(item)) for item in collected.items]

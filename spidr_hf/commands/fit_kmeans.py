@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from spidr_hf.commands import apply_output_flags, command, model_and_audio_parser, positive_int
 from spidr_hf.errors import UsageError
@@ -52,8 +51,7 @@ def main(argv: list[str]) -> int:
     apply_output_flags(args)
     out = prepare_output_dir(args.output_dir or args.model_dir, "--output-dir", create=False)
     inputs = collect_inputs(args.inputs, args.audio_column)
-    for path, reason in inputs.unreadable:
-        logging.getLogger(__name__).warning("skipping %s: %s", path, reason)
+    inputs.warn_unreadable()
     if not inputs.items:
         raise UsageError(f"no audio file in {', '.join(args.inputs)}.")
     model = load_model(args.model_dir, args.device)

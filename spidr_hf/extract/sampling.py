@@ -37,7 +37,11 @@ def sample_frames(
         frames = sample_frames(model, ["train/"], layer=6)
         KMeansQuantizer.fit(frames, k=500, layer=6).save_pretrained(model_dir)
     """
-    collected = inputs if isinstance(inputs, AudioInputs) else collect_inputs(inputs)
+    if isinstance(inputs, AudioInputs):  # the caller collected them and reported what it could not read
+        collected = inputs
+    else:
+        collected = collect_inputs(inputs)
+        collected.warn_unreadable()
     encoder = FrameEncoder(model, [(layer, representation)], max_batch_samples=1)
     order = np.random.default_rng(seed).permutation(len(collected.items))
     chunks, total = [], 0
