@@ -191,17 +191,19 @@ def walk_audio_files(
             problems.append((str(folder), f"a second link to the folder {listed[status.st_dev, status.st_ino]}: skipped"))
             continue
         listed[status.st_dev, status.st_ino] = str(folder)
-        here = os.path.realpath(folder)
+        here = None  # the folder's real path: only links to folders need it (realpath reads every component)
         subfolders = []
         for entry in entries:
             path = Path(entry.path)
             try:
                 if entry.is_dir():
-                    target = os.path.realpath(path)
-                    if entry.is_symlink() and (here + os.sep).startswith(target.rstrip(os.sep) + os.sep):
-                        problems.append((str(path), f"symbolic link loop (to the enclosing folder {target}): not followed"))
-                    else:
-                        subfolders.append(path)
+                    if entry.is_symlink():
+                        here = here or os.path.realpath(folder)
+                        target = os.path.realpath(path)
+                        if (here + os.sep).startswith(target.rstrip(os.sep) + os.sep):
+                            problems.append((str(path), f"symbolic link loop (to the enclosing folder {target}): not followed"))
+                            continue
+                    subfolders.append(path)
                 elif entry.is_file():
                     if entry.name.lower().endswith(wanted):
                         files.append(path)
