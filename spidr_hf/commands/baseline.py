@@ -49,7 +49,7 @@ def _decode_all(inputs: list[str], audio_column: str) -> list[tuple[str, object]
     return [(item.id, collected.decode(item)) for item in collected.items]
 
 
-@command("baseline", user_errors=(FileNotFoundError, ValueError))
+@command("baseline")
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     apply_output_flags(args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from spidr_hf.commands import CommandParser, apply_output_flags, command, positive_float, positive_int
@@ -27,7 +28,7 @@ def build_parser() -> CommandParser:
     return parser
 
 
-@command("demo", user_errors=(ValueError,))
+@command("demo")
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     settings = DemoSettings(
@@ -39,7 +40,7 @@ def main(argv: list[str]) -> int:
         seed=args.seed,
     )
     if args.smoke:
-        settings = DemoSettings(**{**vars(settings), **SMOKE})
+        settings = dataclasses.replace(settings, **SMOKE)
     apply_output_flags(args, level=logging.WARNING)
     run_demo(settings)
     return 0

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from ..units import REPRESENTATIONS
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 """Torch dtypes by their command-line names (compute and storage)."""
 
@@ -40,7 +42,7 @@ class ExtractionOptions:
 
     def __post_init__(self) -> None:
         choices = {
-            "representation": ("hidden_state", "before_residual"),
+            "representation": REPRESENTATIONS,
             "units": (None, *UNIT_KINDS),
             "output_format": ("safetensors", "npy"),
             "store_dtype": ("fp32", "fp16"),
