@@ -7,6 +7,7 @@ import logging
 
 from spidr_hf.commands import CommandParser, apply_output_flags, command, positive_float, positive_int
 from spidr_hf.demo import DemoSettings, run_demo
+from spidr_hf.runs import prepare_output_dir
 
 DESCRIPTION = "pretrain a tiny SpidR on synthetic speech and compare its units with log-mel / MFCC k-means on held-out speech"
 
@@ -42,5 +43,6 @@ def main(argv: list[str]) -> int:
     if args.smoke:
         settings = dataclasses.replace(settings, **SMOKE)
     apply_output_flags(args, level=logging.WARNING)
+    prepare_output_dir(settings.output_dir, "--output-dir", create=False)
     run_demo(settings)
     return 0

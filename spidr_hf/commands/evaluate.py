@@ -8,6 +8,7 @@ from pathlib import Path
 
 from spidr_hf import evaluation as ev
 from spidr_hf.commands import CommandParser, apply_output_flags, command, positive_int
+from spidr_hf.errors import UsageError
 from spidr_hf.runs import prepare_output_dir
 
 DESCRIPTION = "unit quality against phone alignments (purity, PNMI, perplexity, bitrate) and ABX"
@@ -57,6 +58,10 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("--abx-item and --features go together")
     if args.alignments is None and args.abx_item is None:
         parser.error("nothing to do: give --alignments/--units and/or --abx-item/--features")
+    for flag in ("alignments", "units", "abx_item", "features"):
+        path = getattr(args, flag)
+        if path is not None and not Path(path).exists():
+            raise UsageError(f"--{flag.replace('_', '-')} {path} does not exist.")
 
 
 def _phone_order(args: argparse.Namespace) -> list[str] | None:

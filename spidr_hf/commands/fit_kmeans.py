@@ -7,6 +7,7 @@ import argparse
 from spidr_hf.commands import apply_output_flags, command, model_and_audio_parser, positive_int
 from spidr_hf.errors import UsageError
 from spidr_hf.extract import load_model, sample_frames
+from spidr_hf.model_dir import check_model_source
 from spidr_hf.runs import prepare_output_dir
 from spidr_hf.sources import collect_inputs
 from spidr_hf.units import KMeansQuantizer
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     apply_output_flags(args)
+    check_model_source(args.model_dir)  # before walking the inputs, which can take long
     out = prepare_output_dir(args.output_dir or args.model_dir, "--output-dir", create=False)
     inputs = collect_inputs(args.inputs, args.audio_column)
     inputs.warn_unreadable()
