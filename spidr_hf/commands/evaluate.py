@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from spidr_hf import evaluation as ev
-from spidr_hf.commands import CommandParser, apply_output_flags, command, positive_int
+from spidr_hf.commands import CommandParser, apply_output_flags, command, positive_float, positive_int
 from spidr_hf.errors import UsageError
 from spidr_hf.runs import prepare_output_dir
 
@@ -22,10 +22,27 @@ def build_parser() -> CommandParser:
     )
     units = parser.add_argument_group("unit metrics")
     units.add_argument(
-        "--alignments", type=Path, help='alignments.jsonl: {"id", "phones": [label per 20 ms frame]}'
+        "--alignments",
+        type=Path,
+        help='phone alignments: JSON lines, plain or gzip-compressed ({"id" or "name", "phones": [label per '
+        "frame]}), or a folder of Praat TextGrids (Montreal Forced Aligner)",
     )
     units.add_argument(
-        "--units", type=Path, help='units.jsonl: {"id", "units": [int per frame], ...} (spidr-hf extract)'
+        "--units",
+        type=Path,
+        help='units: JSON lines, plain or gzip-compressed ({"id" or "name", "units": [int per frame], ...}; '
+        "spidr-hf extract)",
+    )
+    units.add_argument(
+        "--alignment-rate",
+        type=positive_float,
+        metavar="HZ",
+        help=f"frames per second of --alignments: the units' {ev.FRAME_RATE:g} or a multiple of it, each unit "
+        f"then counted against every phone frame it covers (default: inferred from the lengths; "
+        f"{ev.TEXTGRID_RATE:g} for TextGrids)",
+    )
+    units.add_argument(
+        "--phone-tier", default=ev.PHONE_TIER, help="the TextGrids' tier of phones (default: %(default)s)"
     )
     units.add_argument("--codebook-size", type=positive_int, help="number of codewords K (default: largest unit + 1)")
     units.add_argument(
@@ -34,7 +51,7 @@ def build_parser() -> CommandParser:
     units.add_argument(
         "--phones",
         type=Path,
-        help="phone order for the matrix plot (default: phones.txt beside --alignments, if any)",
+        help="phone order for the matrix plot (default: phones.txt beside (or in) --alignments, if any)",
     )
     abx = parser.add_argument_group("ABX (needs pip install spidr-hf[abx])")
     abx.add_argument("--abx-item", type=Path, help="item file, e.g. the synthetic corpus's phones.item")
@@ -62,21 +79,43 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         path = getattr(args, flag)
         if path is not None and not Path(path).exists():
             raise UsageError(f"--{flag.replace('_', '-')} {path} does not exist.")
+    if args.alignment_rate is not None and (args.alignment_rate / ev.FRAME_RATE) % 1:
+        raise UsageError(
+            f"--alignment-rate {args.alignment_rate:g} is not an integer multiple of the units' "
+            f"{ev.FRAME_RATE:g} frames per second: give {ev.FRAME_RATE:g}, {2 * ev.FRAME_RATE:g}, ..."
+        )
 
 
 def _phone_order(args: argparse.Namespace) -> list[str] | None:
-    path = args.phones or args.alignments.parent / "phones.txt"
+    folder = args.alignments if args.alignments.is_dir() else args.alignments.parent
+    path = args.phones or folder / "phones.txt"
     return ev.read_phone_inventory(path) if path.is_file() else None
 
 
 def unit_frames(args: argparse.Namespace) -> ev.FrameCounts:
-    """Phone x unit counts of --units against --alignments (ids and lengths checked)."""
-    pairs = ev.pair_frames(ev.read_alignments(args.alignments), ev.read_units(args.units))
+    """Phone x unit counts of --units against --alignments (ids and lengths checked), at the alignments'
+    rate (--alignment-rate, the TextGrids' reading rate, or inferred from the lengths), which it prints."""
+    textgrids = args.alignments.is_dir()
+    rate = args.alignment_rate or (ev.TEXTGRID_RATE if textgrids else None)
+    alignments = ev.read_alignments(args.alignments, tier=args.phone_tier, rate=rate or ev.TEXTGRID_RATE)
+    units = ev.read_units(args.units)
+    if rate is not None:
+        frames_per_unit = round(rate / ev.FRAME_RATE)
+        source = "--alignment-rate" if args.alignment_rate else "TextGrids read at this rate"
+    else:
+        frames_per_unit = ev.infer_frames_per_unit(alignments, units)
+        source = "inferred from the lengths; --alignment-rate forces it"
+    print(
+        f"alignments at {frames_per_unit * ev.FRAME_RATE:g} Hz: {frames_per_unit} phone frame(s) per "
+        f"{ev.FRAME_RATE:g} Hz unit frame ({source})"
+    )
+    pairs = ev.pair_frames(alignments, units, frames_per_unit=frames_per_unit)
     return ev.count_frames(
         pairs,
         codebook_size=args.codebook_size,
         phones=_phone_order(args),
         exclude_silence=args.exclude_silence,
+        frames_per_unit=frames_per_unit,
     )
 
 
