@@ -501,11 +501,14 @@ def plot_curves(
     title: str,
     ylabel: str,
     references: Mapping[str, float] | None = None,
+    xlabel: str = "step",
 ) -> Path:
     """PNG line plot of named ``(step, value)`` series, with dashed horizontal ``references`` (e.g. baselines)."""
     if not any(series.values()):
         raise ValueError("no (step, value) points to plot")
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for name, points in series.items():
         if points:
@@ -513,7 +516,8 @@ def plot_curves(
             ax.plot(steps, values, marker="." if len(points) <= 50 else None, linewidth=1.2, label=name)
     for (name, value), color in zip((references or {}).items(), ("gray", "black", "brown"), strict=False):
         ax.axhline(value, linestyle="--", linewidth=1, color=color, label=name)
-    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and layers are whole numbers
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
