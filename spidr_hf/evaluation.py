@@ -48,7 +48,7 @@ MAX_LENGTH_MISMATCH = 2  # frames; convolution edge effects, not a misalignment
 GZIP_MAGIC = b"\x1f\x8b"
 ID_KEYS = ("id", "name")  # "name": the SpidR paper's published files
 PHONE_TIER = "phones"  # the Montreal Forced Aligner's phone tier
-TEXTGRID_RATE = 100  # frames per second read from a TextGrid: 10 ms, the paper's and the aligners' frame shift
+TEXTGRID_RATE = 100  # frames per second read from a TextGrid: 10 ms, the paper's and aligners' frame shift
 ALIGNER_SILENCES = frozenset({"", "sil", "sp"})  # aligners' silence labels (lower case), read as SILENCE
 
 
@@ -79,7 +79,8 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         ) from err
     except UnicodeDecodeError as err:
         raise ValueError(
-            f"{path}: not UTF-8 text ({err.reason} at byte {err.start}): give a JSON-lines file, plain or gzip-compressed."
+            f"{path}: not UTF-8 text ({err.reason} at byte {err.start}): "
+            "give a JSON-lines file, plain or gzip-compressed."
         ) from err
 
 
@@ -121,14 +122,17 @@ def frame_labels(
 ) -> list[str]:
     """One label per frame at ``rate`` frames per second: the interval holding the frame's centre.
 
-    Frames in no interval, or in one labelled as silence by an aligner (``ALIGNER_SILENCES``), are ``silence``.
+    Frames in no interval, or in one an aligner labels as silence (``ALIGNER_SILENCES``), are ``silence``.
     """
+    if not intervals:
+        return [silence] * num_frames
     starts = np.array([start for start, _, _ in intervals], dtype=np.float64)
     ends = np.array([end for _, end, _ in intervals], dtype=np.float64)
-    labels = [silence if label.strip().lower() in ALIGNER_SILENCES else label.strip() for _, _, label in intervals]
+    labels = [label.strip() for _, _, label in intervals]
+    labels = [silence if label.lower() in ALIGNER_SILENCES else label for label in labels]
     centres = (np.arange(num_frames) + 0.5) / rate
     index = np.searchsorted(starts, centres, side="right") - 1
-    inside = (index >= 0) & (centres < ends[np.maximum(index, 0)]) if len(intervals) else np.zeros(num_frames, bool)
+    inside = (index >= 0) & (centres < ends[np.maximum(index, 0)])
     return [labels[i] if ok else silence for i, ok in zip(index.tolist(), inside.tolist(), strict=True)]
 
 
@@ -147,22 +151,31 @@ def read_textgrid(path: str | Path, tier: str = PHONE_TIER, rate: float = TEXTGR
         raise ValueError(f"{path}: not a readable TextGrid ({type(err).__name__}: {err}).") from err
     if tier not in grid.tierNames:
         shown = ", ".join(repr(name) for name in grid.tierNames) or "none"
-        raise ValueError(f"{path} has no tier {tier!r} (its tiers: {shown}): choose one with tier= (--phone-tier).")
+        raise ValueError(
+            f"{path} has no tier {tier!r} (its tiers: {shown}): choose one with tier= (--phone-tier)."
+        )
     phones = grid.getTier(tier)
     if not isinstance(phones, textgrid.IntervalTier):
-        raise ValueError(f"{path}: tier {tier!r} is a point tier: choose an interval tier of phones (--phone-tier).")
+        raise ValueError(
+            f"{path}: tier {tier!r} is a point tier: choose an interval tier of phones (--phone-tier)."
+        )
     intervals = [(entry.start, entry.end, entry.label) for entry in phones.entries]
-    return frame_labels(intervals, int(math.floor(grid.maxTimestamp * rate + 1e-9)), rate)
+    frames = math.floor(grid.maxTimestamp * rate + 1e-9)  # 0.29 s x 100 is 28.999...: still 29 frames
+    return frame_labels(intervals, frames, rate)
 
 
-def read_textgrids(folder: str | Path, tier: str = PHONE_TIER, rate: float = TEXTGRID_RATE) -> dict[str, list[str]]:
+def read_textgrids(
+    folder: str | Path, tier: str = PHONE_TIER, rate: float = TEXTGRID_RATE
+) -> dict[str, list[str]]:
     """:func:`read_textgrid` of every ``*.TextGrid`` under ``folder`` (Montreal Forced Aligner's output),
     keyed by the path relative to ``folder`` without suffix (how ``spidr-hf extract`` names units).
     """
     folder = Path(folder)
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".textgrid" and p.is_file())
     if not paths:
-        raise ValueError(f"{folder} holds no .TextGrid files: give a folder of Praat TextGrids or a .jsonl(.gz) file.")
+        raise ValueError(
+            f"{folder} holds no .TextGrid files: give a folder of Praat TextGrids or a .jsonl(.gz) file."
+        )
     return {p.relative_to(folder).with_suffix("").as_posix(): read_textgrid(p, tier, rate) for p in paths}
 
 

@@ -120,7 +120,7 @@ class AlignedCorpus:
             frames = {i: range(num_frames(w.size)) for i, w in zip(ids, waves, strict=True)}
             labels = dict(zip(ids, phones, strict=True))
             corpus.frames_per_unit = frames_per_unit or infer_frames_per_unit(labels, frames)
-            pair_frames(labels, frames, frames_per_unit=corpus.frames_per_unit)  # every length checked before encoding
+            pair_frames(labels, frames, frames_per_unit=corpus.frames_per_unit)  # lengths checked before encoding
         return corpus
 
     @property
@@ -222,7 +222,9 @@ def model_units(
     return _units_of_frames(evaluated, fitted, k, seed)
 
 
-def _units_of_frames(evaluated: ModelFrames, fitted: ModelFrames, k: int, seed: int) -> dict[str, dict[int, list[np.ndarray]]]:
+def _units_of_frames(
+    evaluated: ModelFrames, fitted: ModelFrames, k: int, seed: int
+) -> dict[str, dict[int, list[np.ndarray]]]:
     """:func:`model_units` of frames already encoded (k-means fitted on `fitted`'s features)."""
     return {
         "head": evaluated.head_units,
@@ -245,7 +247,10 @@ def score_model(
     return _score_layer_units(model_units(model, fit, evaluate, k, kmeans_layers, seed), model, evaluate, k)
 
 
-def _score_layer_units(units: dict[str, dict[int, list[np.ndarray]]], model: Any, evaluate: AlignedCorpus, k: int) -> dict[str, dict[int, dict]]:
+def _score_layer_units(
+    units: dict[str, dict[int, list[np.ndarray]]], model: Any, evaluate: AlignedCorpus, k: int
+) -> dict[str, dict[int, dict]]:
+    """:func:`score_model` of :func:`model_units`' output (head units against the model's codebook size)."""
     codebook_size = getattr(model, "spidr", model).config.codebook_size
     return {
         "head": {layer: score_units(u, evaluate, codebook_size)[0] for layer, u in units["head"].items()},
@@ -253,7 +258,9 @@ def _score_layer_units(units: dict[str, dict[int, list[np.ndarray]]], model: Any
     }
 
 
-def features_abx(item: str | Path, ids: Sequence[str], features: Sequence[torch.Tensor], **options: Any) -> dict[str, float]:
+def features_abx(
+    item: str | Path, ids: Sequence[str], features: Sequence[torch.Tensor], **options: Any
+) -> dict[str, float]:
     """`spidr_hf.evaluation.abx_error_rates` of one layer's features (one tensor per id; the item file's
     `#file` column names the ids), written to a temporary folder for fastabx to read."""
     from safetensors.torch import save_file

@@ -97,7 +97,10 @@ def build_parser() -> CommandParser:
     sweep.add_argument("--layers", type=_layer_list, help="1-based layers, e.g. '1-8' or '4,6' (default: all)")
     sweep.add_argument("--clusters", type=positive_int, help="k-means clusters K (default: the model's codebook size)")
     sweep.add_argument(
-        "--fit-audio", type=Path, nargs="+", help="audio the k-means are fitted on, no alignments needed (default: --audio)"
+        "--fit-audio",
+        type=Path,
+        nargs="+",
+        help="audio the k-means are fitted on, no alignments needed (default: --audio)",
     )
     abx = parser.add_argument_group("ABX (needs pip install spidr-hf[abx]; with --model, of each layer's features)")
     abx.add_argument("--abx-item", type=Path, help="item file, e.g. the synthetic corpus's phones.item")
@@ -109,7 +112,9 @@ def build_parser() -> CommandParser:
     )
     abx.add_argument("--feature-key", help="tensor name inside .safetensors files with several, e.g. layer6")
     abx.add_argument("--abx-distance", default="angular", help="fastabx distance (default: %(default)s)")
-    abx.add_argument("--device", help="torch device for ABX and --model (default: fastabx's choice; the model: CUDA if any)")
+    abx.add_argument(
+        "--device", help="torch device for ABX and --model (default: fastabx's choice; the model: CUDA if any)"
+    )
     parser.add_argument("--output-dir", type=Path, required=True, help="where metrics.json and the plots go")
     return parser
 
@@ -118,8 +123,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     if args.model is not None:
         if args.audio is None or args.alignments is None:
             parser.error("--model needs --audio and --alignments (the layer sweep)")
-        for flag in ("units", "features", "codebook_size"):
-            if getattr(args, flag) is not None:
+        for flag in ("units", "features", "codebook_size", "exclude_silence"):
+            if getattr(args, flag) not in (None, False):
                 parser.error(f"--{flag.replace('_', '-')} is not for the layer sweep (--model): leave it out")
     else:
         for flag in ("audio", "layers", "clusters", "fit_audio"):
@@ -246,14 +251,18 @@ def load_sweep_model(args: argparse.Namespace) -> torch.nn.Module:
 
 def sweep_table(rows: list[dict]) -> str:
     """One line per layer: PNMI of features + k-means and of head units, ABX error rates where measured."""
-    columns = {"k-means PNMI": lambda r: r["kmeans"]["pnmi"], "head PNMI": lambda r: (r["head"] or {}).get("pnmi")}
+    columns = {
+        "k-means PNMI": lambda r: r["kmeans"]["pnmi"],
+        "head PNMI": lambda r: (r["head"] or {}).get("pnmi"),
+    }
     for mode in ("within", "across"):
         if f"abx_{mode}_speaker" in rows[0]:
             columns[f"ABX {mode}"] = lambda r, key=f"abx_{mode}_speaker": r[key]
     lines = ["layer  " + "  ".join(f"{name:>12}" for name in columns)]
     for row in rows:
         cells = [get(row) for get in columns.values()]
-        lines.append(f"{row['layer']:>5}  " + "  ".join(f"{c:>12.4f}" if c is not None else f"{'-':>12}" for c in cells))
+        shown = [f"{c:>12.4f}" if c is not None else f"{'-':>12}" for c in cells]
+        lines.append(f"{row['layer']:>5}  " + "  ".join(shown))
     return "\n".join(lines)
 
 
@@ -264,9 +273,11 @@ def plot_sweep(rows: list[dict], path: Path) -> Path:
         "head units PNMI": [(r["layer"], r["head"]["pnmi"]) for r in rows if r["head"]],
     }
     for mode in ("within", "across"):
-        series[f"ABX error, {mode} speaker"] = [(r["layer"], r[f"abx_{mode}_speaker"]) for r in rows if f"abx_{mode}_speaker" in r]
+        key = f"abx_{mode}_speaker"
+        series[f"ABX error, {mode} speaker"] = [(r["layer"], r[key]) for r in rows if key in r]
     series = {name: points for name, points in series.items() if points}
-    return ev.plot_curves(series, path, title="unit quality by layer", ylabel="PNMI (higher) / ABX error (lower)", xlabel="layer")
+    ylabel = "PNMI (higher) / ABX error (lower)"
+    return ev.plot_curves(series, path, title="unit quality by layer", ylabel=ylabel, xlabel="layer")
 
 
 def layer_sweep(args: argparse.Namespace) -> int:
@@ -275,19 +286,27 @@ def layer_sweep(args: argparse.Namespace) -> int:
     config = encoder_of(model).config
     layers = args.layers or list(range(1, config.num_hidden_layers + 1))
     if max(layers) > config.num_hidden_layers:
-        raise UsageError(f"--layers {max(layers)}: the model in {args.model} has {config.num_hidden_layers} layers.")
+        raise UsageError(
+            f"--layers {max(layers)}: the model in {args.model} has {config.num_hidden_layers} layers."
+        )
     alignments, frames_per_unit = read_alignments(args)
-    evaluate = AlignedCorpus.from_inputs(collect_inputs(args.audio), alignments, _phone_order(args), frames_per_unit)
+    evaluate = AlignedCorpus.from_inputs(
+        collect_inputs(args.audio), alignments, _phone_order(args), frames_per_unit
+    )
     print_alignment_rate(args, evaluate.frames_per_unit)
     fit = evaluate if args.fit_audio is None else AlignedCorpus.from_inputs(collect_inputs(args.fit_audio))
     k = args.clusters or config.codebook_size
     abx_options = {"distance": args.abx_distance, "device": args.device}
-    rows = unit_scores.layer_sweep(model, fit, evaluate, k, layers, abx_item=args.abx_item, abx_options=abx_options)
+    rows = unit_scores.layer_sweep(
+        model, fit, evaluate, k, layers, abx_item=args.abx_item, abx_options=abx_options
+    )
     prepare_output_dir(args.output_dir, "--output-dir")
     plot_sweep(rows, args.output_dir / "layer_sweep.png")
-    result = {"model": str(args.model), "clusters": k, "num_utterances": len(evaluate.ids), "layers": [
-        {"layer": r["layer"], "kmeans": ev.json_ready(r["kmeans"]), "head": r["head"] and ev.json_ready(r["head"]),
-         **{key: value for key, value in r.items() if key.startswith("abx_")}} for r in rows]}  # fmt: skip
+    layer_rows = [
+        {**row, "kmeans": ev.json_ready(row["kmeans"]), "head": row["head"] and ev.json_ready(row["head"])}
+        for row in rows
+    ]
+    result = {"model": str(args.model), "clusters": k, "num_utterances": len(evaluate.ids), "layers": layer_rows}
     (args.output_dir / "layer_sweep.json").write_text(json.dumps(result, indent=2) + "\n")
     print(sweep_table(rows))
     print(f"-> {args.output_dir / 'layer_sweep.json'}, {args.output_dir / 'layer_sweep.png'}")
