@@ -11,22 +11,30 @@ and, from the units alone, **codebook perplexity** ``2^H(z)``, **active codeword
 used at least once) and **bitrate** ``log2(K) x`` deduplicated units per second (consecutive
 repeats collapsed within each utterance; 50 frames per second).
 
-Unit-distribution metrics (perplexity, active codewords, bitrate) use every aligned frame;
-``exclude_silence`` only drops ``SIL`` frames from the phone/unit statistics.
+Unit-distribution metrics (perplexity, active codewords, bitrate) use every aligned unit frame;
+``exclude_silence`` only drops ``SIL`` frames from the phone/unit statistics. Alignments at an
+integer multiple k of the units' frame rate (10 ms phones, 20 ms units) count each unit once
+against each of the k phone frames it covers, as the SpidR paper does.
 
-Inputs are the synthetic corpus's ``alignments.jsonl`` (``{"id", "phones": [label per frame]}``)
-and ``spidr-hf extract``'s ``units.jsonl`` (``{"id", "units": [int per frame], ...}``, other
-keys ignored). ABX goes through the optional ``fastabx`` package (``pip install spidr-hf[abx]``).
+Inputs are JSON lines, plain or gzip-compressed, with the id under ``id`` or ``name``: the
+synthetic corpus's ``alignments.jsonl`` (``{"id", "phones": [label per frame]}``) and
+``spidr-hf extract``'s ``units.jsonl`` (``{"id", "units": [int per frame], ...}``, other keys
+ignored); alignments may also be a folder of Praat TextGrids (the Montreal Forced Aligner's
+output, read with ``praatio``). ABX goes through the optional ``fastabx`` package
+(``pip install spidr-hf[abx]``).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain, repeat
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -37,52 +45,152 @@ from .units import deduplicate
 SILENCE = "SIL"
 FRAME_RATE = FrameGeometry().frame_rate  # units of the default conv stack: 50 per second
 MAX_LENGTH_MISMATCH = 2  # frames; convolution edge effects, not a misalignment
+GZIP_MAGIC = b"\x1f\x8b"
+ID_KEYS = ("id", "name")  # "name": the SpidR paper's published files
+PHONE_TIER = "phones"  # the Montreal Forced Aligner's phone tier
+TEXTGRID_RATE = 100  # frames per second read from a TextGrid: 10 ms, the paper's and aligners' frame shift
+ALIGNER_SILENCES = frozenset({"", "sil", "sp"})  # aligners' silence labels (lower case), read as SILENCE
 
 
 # --------------------------------------------------------------------------- reading
 
 
-def read_jsonl_field(path: str | Path, key: str, item_type: type | None = None) -> dict[str, list]:
-    """``{id: record[key]}`` from a JSON-lines file of objects.
+def open_text(path: str | Path) -> IO[str]:
+    """``path`` opened as UTF-8 text, decompressed on the fly when its first bytes are gzip's.
 
-    A line that is not a JSON object, a missing key, a repeated id, or (with ``item_type``) a value
-    that is not a list of ``item_type`` is a ``ValueError`` naming the file and line.
+    The content decides, not the name: a gzip file named ``.jsonl`` is read as one named ``.jsonl.gz``.
     """
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder, not a JSON-lines file.")
+    with path.open("rb") as f:
+        compressed = f.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+    return gzip.open(path, "rt", encoding="utf-8") if compressed else path.open(encoding="utf-8")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Numbered lines of :func:`open_text`; an unreadable gzip stream or non-UTF-8 text is a ``ValueError``."""
+    try:
+        with open_text(path) as f:
+            yield from enumerate(f, start=1)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise ValueError(
+            f"{path}: a damaged gzip file ({err}): download or compress it again (gzip -t {path} checks it)."
+        ) from err
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path}: not UTF-8 text ({err.reason} at byte {err.start}): "
+            "give a JSON-lines file, plain or gzip-compressed."
+        ) from err
+
+
+def read_jsonl_field(path: str | Path, key: str, item_type: type | None = None) -> dict[str, list]:
+    """``{id: record[key]}`` from a JSON-lines file of objects, plain or gzip-compressed (:func:`open_text`).
+
+    The id is the record's ``id``, else its ``name`` (the SpidR paper's files). A line that is not a
+    JSON object, a missing key, a repeated id, or (with ``item_type``) a value that is not a list of
+    ``item_type`` is a ``ValueError`` naming the file and line.
+    """
+    path = Path(path)
     result: dict[str, list] = {}
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg})") from err
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object with 'id' and {key!r}, got {type(record).__name__}")
-            if "id" not in record or key not in record:
-                raise ValueError(f"{where}: expected keys 'id' and {key!r}, got {sorted(record)}")
-            if record["id"] in result:
-                raise ValueError(f"{where}: id {record['id']!r} appears twice")
-            value = record[key]
-            if item_type is not None and not (
-                isinstance(value, list) and all(isinstance(v, item_type) and not isinstance(v, bool) for v in value)
-            ):
-                raise ValueError(f"{where}: {key!r} must be a list of {item_type.__name__}, got {value!r:.60}")
-            result[record["id"]] = value
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not valid JSON ({err.msg})") from err
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected a JSON object with 'id' and {key!r}, got {type(record).__name__}")
+        id_key = next((k for k in ID_KEYS if k in record), None)
+        if id_key is None or key not in record:
+            raise ValueError(f"{where}: expected keys 'id' (or 'name') and {key!r}, got {sorted(record)}")
+        utt_id = record[id_key]
+        if utt_id in result:
+            raise ValueError(f"{where}: id {utt_id!r} appears twice")
+        value = record[key]
+        # exact types, as json.loads makes them: bool (an int subclass) is not a unit
+        if item_type is not None and not (isinstance(value, list) and set(map(type, value)) <= {item_type}):
+            raise ValueError(f"{where}: {key!r} must be a list of {item_type.__name__}, got {value!r:.60}")
+        result[utt_id] = value
     return result
 
 
-def read_alignments(path: str | Path) -> dict[str, list[str]]:
-    """Frame phone labels by utterance id from ``alignments.jsonl``."""
+def frame_labels(
+    intervals: Sequence[tuple[float, float, str]], num_frames: int, rate: float, silence: str = SILENCE
+) -> list[str]:
+    """One label per frame at ``rate`` frames per second: the interval holding the frame's centre.
+
+    Frames in no interval, or in one an aligner labels as silence (``ALIGNER_SILENCES``), are ``silence``.
+    """
+    if not intervals:
+        return [silence] * num_frames
+    starts = np.array([start for start, _, _ in intervals], dtype=np.float64)
+    ends = np.array([end for _, end, _ in intervals], dtype=np.float64)
+    labels = [label.strip() for _, _, label in intervals]
+    labels = [silence if label.lower() in ALIGNER_SILENCES else label for label in labels]
+    centres = (np.arange(num_frames) + 0.5) / rate
+    index = np.searchsorted(starts, centres, side="right") - 1
+    inside = (index >= 0) & (centres < ends[np.maximum(index, 0)])
+    return [labels[i] if ok else silence for i, ok in zip(index.tolist(), inside.tolist(), strict=True)]
+
+
+def read_textgrid(path: str | Path, tier: str = PHONE_TIER, rate: float = TEXTGRID_RATE) -> list[str]:
+    """Frame phone labels (:func:`frame_labels`, ``rate`` per second up to the end of the file) of one
+    Praat TextGrid's interval tier named ``tier``.
+
+    Raises ``ValueError`` naming the file when it cannot be parsed or has no interval tier ``tier``.
+    """
+    from praatio import textgrid
+
+    path = Path(path)
+    try:
+        grid = textgrid.openTextgrid(str(path), includeEmptyIntervals=False, reportingMode="silence")
+    except Exception as err:  # praatio raises many types (IndexError, ValueError, ...) on a malformed file
+        raise ValueError(f"{path}: not a readable TextGrid ({type(err).__name__}: {err}).") from err
+    if tier not in grid.tierNames:
+        shown = ", ".join(repr(name) for name in grid.tierNames) or "none"
+        raise ValueError(
+            f"{path} has no tier {tier!r} (its tiers: {shown}): choose one with tier= (--phone-tier)."
+        )
+    phones = grid.getTier(tier)
+    if not isinstance(phones, textgrid.IntervalTier):
+        raise ValueError(
+            f"{path}: tier {tier!r} is a point tier: choose an interval tier of phones (--phone-tier)."
+        )
+    intervals = [(entry.start, entry.end, entry.label) for entry in phones.entries]
+    frames = math.floor(grid.maxTimestamp * rate + 1e-9)  # 0.29 s x 100 is 28.999...: still 29 frames
+    return frame_labels(intervals, frames, rate)
+
+
+def read_textgrids(
+    folder: str | Path, tier: str = PHONE_TIER, rate: float = TEXTGRID_RATE
+) -> dict[str, list[str]]:
+    """:func:`read_textgrid` of every ``*.TextGrid`` under ``folder`` (Montreal Forced Aligner's output),
+    keyed by the path relative to ``folder`` without suffix (how ``spidr-hf extract`` names units).
+    """
+    folder = Path(folder)
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".textgrid" and p.is_file())
+    if not paths:
+        raise ValueError(
+            f"{folder} holds no .TextGrid files: give a folder of Praat TextGrids or a .jsonl(.gz) file."
+        )
+    return {p.relative_to(folder).with_suffix("").as_posix(): read_textgrid(p, tier, rate) for p in paths}
+
+
+def read_alignments(
+    path: str | Path, tier: str = PHONE_TIER, rate: float = TEXTGRID_RATE
+) -> dict[str, list[str]]:
+    """Frame phone labels by utterance id: a JSON-lines file (``{"id" or "name", "phones"}``, plain or
+    gzip-compressed) or a folder of TextGrids (:func:`read_textgrids`; ``tier`` and ``rate`` apply to them)."""
+    if Path(path).is_dir():
+        return read_textgrids(path, tier, rate)
     return read_jsonl_field(path, "phones", str)
 
 
 def read_units(path: str | Path) -> dict[str, list[int]]:
-    """Frame units by utterance id from ``units.jsonl``."""
+    """Frame units by utterance id from ``units.jsonl`` (or ``.jsonl.gz``; the id under ``id`` or ``name``)."""
     return read_jsonl_field(path, "units", int)
 
 
@@ -107,16 +215,8 @@ def _name_some(ids: Sequence[str], limit: int = 5) -> str:
     return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
-def pair_frames(
-    alignments: Mapping[str, Sequence[str]],
-    units: Mapping[str, Sequence[int]],
-    max_mismatch: int = MAX_LENGTH_MISMATCH,
-) -> list[tuple[str, list[str], list[int]]]:
-    """``(id, phones, units)`` per utterance, both truncated to the shorter of the two.
-
-    Raises ``ValueError`` naming the ids present on one side only, or whose lengths differ
-    by more than ``max_mismatch`` frames.
-    """
+def check_same_ids(alignments: Mapping[str, Sequence[str]], units: Mapping[str, Sequence[int]]) -> None:
+    """Raise ``ValueError`` naming the ids present on one side only."""
     no_units = [i for i in alignments if i not in units]
     no_phones = [i for i in units if i not in alignments]
     if no_units or no_phones:
@@ -126,16 +226,44 @@ def pair_frames(
         if no_phones:
             problems.append(f"{len(no_phones)} ids have units but no alignments: {_name_some(no_phones)}")
         raise ValueError("; ".join(problems))
+
+
+def infer_frames_per_unit(alignments: Mapping[str, Sequence[str]], units: Mapping[str, Sequence[int]]) -> int:
+    """Alignment frames per unit frame (1, or 2 for 10 ms phones against 20 ms units): the ratio of all
+    phone frames to all unit frames, rounded. :func:`pair_frames` checks it utterance by utterance."""
+    check_same_ids(alignments, units)
+    unit_frames = sum(len(units[i]) for i in alignments)
+    if unit_frames == 0:
+        raise ValueError("no unit frames to evaluate")
+    return max(1, round(sum(len(p) for p in alignments.values()) / unit_frames))
+
+
+def pair_frames(
+    alignments: Mapping[str, Sequence[str]],
+    units: Mapping[str, Sequence[int]],
+    max_mismatch: int = MAX_LENGTH_MISMATCH,
+    frames_per_unit: int = 1,
+) -> list[tuple[str, list[str], list[int]]]:
+    """``(id, phones, units)`` per utterance, each unit frame covering ``frames_per_unit`` phone frames.
+
+    Both are truncated to what the other covers: phones to ``frames_per_unit`` x the units, units to
+    the unit frames holding at least one phone frame. Raises ``ValueError`` naming the ids present on
+    one side only, or an utterance whose lengths differ by more than ``max_mismatch`` unit frames
+    (with both lengths).
+    """
+    check_same_ids(alignments, units)
     pairs = []
     for utt_id, phones in alignments.items():
         codes = units[utt_id]
-        if abs(len(phones) - len(codes)) > max_mismatch:
+        if abs(len(phones) - frames_per_unit * len(codes)) > max_mismatch * frames_per_unit:
             raise ValueError(
-                f"{utt_id!r}: {len(phones)} phone frames but {len(codes)} unit frames "
-                f"(more than {max_mismatch} apart: different frame rate or a different file?)"
+                f"{utt_id!r}: {len(phones)} phone frames but {len(codes)} unit frames, not {frames_per_unit} "
+                f"phone frame(s) per unit frame give or take {max_mismatch} unit frames: the alignments' frame "
+                "rate must be the units' or an integer multiple of it (or are they of different audio?)"
             )
-        length = min(len(phones), len(codes))
-        pairs.append((utt_id, list(phones[:length]), [int(c) for c in codes[:length]]))
+        length = min(len(phones), frames_per_unit * len(codes))
+        covered = -(-length // frames_per_unit)  # unit frames holding at least one phone frame
+        pairs.append((utt_id, list(phones[:length]), list(map(int, codes[:covered]))))
     return pairs
 
 
@@ -153,6 +281,7 @@ class FrameCounts:
     num_frames: int  # all aligned frames (before any silence exclusion)
     num_utterances: int
     excluded_silence: bool
+    frames_per_unit: int = 1  # phone frames each unit frame covers (2: 10 ms alignments, 20 ms units)
 
     @property
     def codebook_size(self) -> int:
@@ -165,17 +294,18 @@ def count_frames(
     phones: Sequence[str] | None = None,
     exclude_silence: bool = False,
     silence: str = SILENCE,
+    frames_per_unit: int = 1,
 ) -> FrameCounts:
     """Count (phone, unit) frames of :func:`pair_frames` output.
 
     ``codebook_size`` defaults to the largest unit + 1. ``phones`` fixes the row order
-    (e.g. ``phones.txt``); labels it lacks are appended in sorted order.
+    (e.g. ``phones.txt``); labels it lacks are appended in sorted order. With ``frames_per_unit``
+    (the one given to :func:`pair_frames`), each unit counts once against each phone frame it
+    covers, as the SpidR paper pairs 20 ms units with 10 ms phones; unit usage and bitrate stay on
+    the units' own frames.
     """
-    all_units = (
-        np.concatenate([np.asarray(u, dtype=np.int64) for _, _, u in pairs])
-        if pairs
-        else np.zeros(0, np.int64)
-    )
+    unit_arrays = [np.asarray(u, dtype=np.int64) for _, _, u in pairs]
+    all_units = np.concatenate(unit_arrays) if pairs else np.zeros(0, np.int64)
     if all_units.size == 0:
         raise ValueError("no aligned frames to evaluate")
     if all_units.min() < 0:
@@ -183,25 +313,30 @@ def count_frames(
     size = int(all_units.max()) + 1 if codebook_size is None else codebook_size
     if all_units.max() >= size:
         raise ValueError(f"unit {int(all_units.max())} is outside the codebook of size {size}")
-    labels = [p for _, ph, _ in pairs for p in ph]
+    labels = list(chain.from_iterable(ph for _, ph, _ in pairs))
     order = list(phones or [])
     order += sorted(set(labels) - set(order))
     if exclude_silence and silence in order:
         order.remove(silence)
     row = {p: i for i, p in enumerate(order)}
-    keep = np.array([p in row for p in labels], dtype=bool)
+    rows = np.fromiter(map(row.get, labels, repeat(-1)), dtype=np.int64, count=len(labels))  # -1: excluded
+    keep = rows >= 0
     if not keep.any():
         raise ValueError("no frames left to evaluate after excluding silence")
-    rows = np.array([row.get(p, 0) for p in labels], dtype=np.int64)[keep]
-    joint = np.bincount(rows * size + all_units[keep], minlength=len(order) * size).reshape(len(order), size)
+    rows = rows[keep]
+    paired_units = np.concatenate(
+        [np.repeat(u, frames_per_unit)[: len(ph)] for (_, ph, _), u in zip(pairs, unit_arrays, strict=True)]
+    )
+    joint = np.bincount(rows * size + paired_units[keep], minlength=len(order) * size).reshape(len(order), size)
     return FrameCounts(
         counts=joint,
         phones=order,
         unit_counts=np.bincount(all_units, minlength=size),
-        dedup_units=sum(len(deduplicate(list(u))) for _, _, u in pairs),
+        dedup_units=sum(deduplicate(u).size for u in unit_arrays),
         num_frames=int(all_units.size),
         num_utterances=len(pairs),
         excluded_silence=exclude_silence,
+        frames_per_unit=frames_per_unit,
     )
 
 
@@ -289,6 +424,7 @@ def metrics_from_counts(frames: FrameCounts, frame_rate: float = FRAME_RATE) -> 
         "num_phone_frames": int(frames.counts.sum()),
         "num_phones": int((frames.counts.sum(axis=1) > 0).sum()),
         "excluded_silence": frames.excluded_silence,
+        "alignment_frames_per_unit": frames.frames_per_unit,
     }
 
 
@@ -298,14 +434,20 @@ def evaluate_units(
     codebook_size: int | None = None,
     exclude_silence: bool = False,
     phones: Sequence[str] | None = None,
+    frames_per_unit: int | None = 1,
 ) -> dict[str, Any]:
     """Unit metrics of ``units`` against frame phone ``alignments`` (both keyed by utterance id).
 
-    Per utterance, lengths may differ by up to 2 frames (the longer is truncated); a larger
+    ``frames_per_unit``: alignment frames per unit frame (``None``: :func:`infer_frames_per_unit`).
+    Per utterance, lengths may differ by up to 2 unit frames (the longer is truncated); a larger
     difference or an id on one side only raises ``ValueError`` naming it.
     """
-    pairs = pair_frames(alignments, units)
-    frames = count_frames(pairs, codebook_size=codebook_size, phones=phones, exclude_silence=exclude_silence)
+    if frames_per_unit is None:
+        frames_per_unit = infer_frames_per_unit(alignments, units)
+    pairs = pair_frames(alignments, units, frames_per_unit=frames_per_unit)
+    frames = count_frames(
+        pairs, codebook_size, phones=phones, exclude_silence=exclude_silence, frames_per_unit=frames_per_unit
+    )
     return metrics_from_counts(frames)
 
 
@@ -372,11 +514,14 @@ def plot_curves(
     title: str,
     ylabel: str,
     references: Mapping[str, float] | None = None,
+    xlabel: str = "step",
 ) -> Path:
     """PNG line plot of named ``(step, value)`` series, with dashed horizontal ``references`` (e.g. baselines)."""
     if not any(series.values()):
         raise ValueError("no (step, value) points to plot")
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for name, points in series.items():
         if points:
@@ -384,7 +529,8 @@ def plot_curves(
             ax.plot(steps, values, marker="." if len(points) <= 50 else None, linewidth=1.2, label=name)
     for (name, value), color in zip((references or {}).items(), ("gray", "black", "brown"), strict=False):
         ax.axhline(value, linestyle="--", linewidth=1, color=color, label=name)
-    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and layers are whole numbers
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -15,8 +15,9 @@ learning curve of its units.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,16 @@ from .audio import load_audio, standardize
 from .baselines import BaselineQuantizer
 from .evaluation import (
     FrameCounts,
+    abx_error_rates,
     count_frames,
+    infer_frames_per_unit,
     metrics_from_counts,
     pair_frames,
     read_alignments,
     read_phone_inventory,
 )
-from .modeling import SAMPLING_RATE
+from .modeling import SAMPLING_RATE, num_frames
+from .sources import AudioInputs
 from .units import fit_kmeans
 
 
@@ -50,6 +54,7 @@ class AlignedCorpus:
     waves: list[np.ndarray] = field(repr=False)  # mono float32 at 16 kHz, as decoded
     phones: list[list[str]] = field(repr=False)  # one label per frame
     phone_order: list[str] = field(repr=False)
+    frames_per_unit: int = 1  # phone frames per 20 ms frame (2: 10 ms alignments, paired the paper's way)
 
     @classmethod
     def load(cls, root: str | Path, max_minutes: float | None = None) -> AlignedCorpus:
@@ -81,6 +86,43 @@ class AlignedCorpus:
             samples += wave.size
         return cls(root, ids, waves, phones, order)
 
+    @classmethod
+    def from_inputs(
+        cls,
+        inputs: AudioInputs,
+        alignments: Mapping[str, Sequence[str]] | None = None,
+        phone_order: Sequence[str] | None = None,
+        frames_per_unit: int | None = 1,
+    ) -> AlignedCorpus:
+        """The utterances of `inputs` (`spidr_hf.sources.collect_inputs`), decoded, with their `alignments`
+        (any format `spidr_hf.evaluation.read_alignments` reads, keyed by the same ids).
+
+        Without `alignments` the corpus has no labels: it can only fit k-means. `frames_per_unit` None
+        infers it from the lengths (`spidr_hf.evaluation.infer_frames_per_unit`, against the frames of
+        the default convolution stack).
+
+        Raises:
+            ValueError: an utterance has no alignment, or its lengths do not pair (naming it).
+        """
+        ids = [item.id for item in inputs.items]
+        if alignments is not None:
+            missing = [i for i in ids if i not in alignments]
+            if missing:
+                raise ValueError(
+                    f"{len(missing)} audio files have no alignment: {', '.join(map(repr, missing[:5]))} "
+                    "(ids are audio paths relative to the folder, without extension: name the alignments so)."
+                )
+        waves = [inputs.decode(item) for item in inputs.items]
+        phones = [list(alignments[i]) for i in ids] if alignments is not None else [[] for _ in ids]
+        order = list(phone_order) if phone_order else sorted({p for labels in phones for p in labels})
+        corpus = cls(Path("."), ids, waves, phones, order)
+        if alignments is not None:
+            frames = {i: range(num_frames(w.size)) for i, w in zip(ids, waves, strict=True)}
+            labels = dict(zip(ids, phones, strict=True))
+            corpus.frames_per_unit = frames_per_unit or infer_frames_per_unit(labels, frames)
+            pair_frames(labels, frames, frames_per_unit=corpus.frames_per_unit)  # lengths checked before encoding
+        return corpus
+
     @property
     def minutes(self) -> float:
         return sum(w.size for w in self.waves) / SAMPLING_RATE / 60
@@ -95,8 +137,11 @@ def score_units(units: Sequence[Sequence[int]], corpus: AlignedCorpus, codebook_
     pairs = pair_frames(
         dict(zip(corpus.ids, corpus.phones, strict=True)),
         {i: np.asarray(u).tolist() for i, u in zip(corpus.ids, units, strict=True)},
+        frames_per_unit=corpus.frames_per_unit,
     )
-    frames = count_frames(pairs, codebook_size=codebook_size, phones=corpus.phone_order)
+    frames = count_frames(
+        pairs, codebook_size=codebook_size, phones=corpus.phone_order, frames_per_unit=corpus.frames_per_unit
+    )
     return metrics_from_counts(frames), frames
 
 
@@ -173,7 +218,14 @@ def model_units(
     """
     kmeans_layers = list(kmeans_layers) if kmeans_layers is not None else None
     evaluated = encode(model, evaluate, kmeans_layers)
-    fitted = encode(model, fit, kmeans_layers) if evaluated.features else None
+    fitted = encode(model, fit, kmeans_layers) if evaluated.features and fit is not evaluate else evaluated
+    return _units_of_frames(evaluated, fitted, k, seed)
+
+
+def _units_of_frames(
+    evaluated: ModelFrames, fitted: ModelFrames, k: int, seed: int
+) -> dict[str, dict[int, list[np.ndarray]]]:
+    """:func:`model_units` of frames already encoded (k-means fitted on `fitted`'s features)."""
     return {
         "head": evaluated.head_units,
         "kmeans": {
@@ -192,12 +244,59 @@ def score_model(
     seed: int = 0,
 ) -> dict[str, dict[int, dict]]:
     """`{"head": {layer: metrics}, "kmeans": {layer: metrics}}` of :func:`model_units` on `evaluate`."""
-    units = model_units(model, fit, evaluate, k, kmeans_layers, seed)
+    return _score_layer_units(model_units(model, fit, evaluate, k, kmeans_layers, seed), model, evaluate, k)
+
+
+def _score_layer_units(
+    units: dict[str, dict[int, list[np.ndarray]]], model: Any, evaluate: AlignedCorpus, k: int
+) -> dict[str, dict[int, dict]]:
+    """:func:`score_model` of :func:`model_units`' output (head units against the model's codebook size)."""
     codebook_size = getattr(model, "spidr", model).config.codebook_size
     return {
         "head": {layer: score_units(u, evaluate, codebook_size)[0] for layer, u in units["head"].items()},
         "kmeans": {layer: score_units(u, evaluate, k)[0] for layer, u in units["kmeans"].items()},
     }
+
+
+def features_abx(
+    item: str | Path, ids: Sequence[str], features: Sequence[torch.Tensor], **options: Any
+) -> dict[str, float]:
+    """`spidr_hf.evaluation.abx_error_rates` of one layer's features (one tensor per id; the item file's
+    `#file` column names the ids), written to a temporary folder for fastabx to read."""
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory(prefix="spidr-abx-") as folder:
+        for utt_id, tensor in zip(ids, features, strict=True):
+            path = Path(folder) / f"{utt_id}.safetensors"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"features": tensor.contiguous()}, path)
+        return abx_error_rates(item, folder, extension=".safetensors", **options)
+
+
+def layer_sweep(
+    model: Any,
+    fit: AlignedCorpus,
+    evaluate: AlignedCorpus,
+    k: int,
+    layers: Sequence[int],
+    seed: int = 0,
+    abx_item: str | Path | None = None,
+    abx_options: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per layer of `layers` (1-based), each layer encoded once: the metrics of its features +
+    k-means units (`k` clusters fitted on `fit`) under `"kmeans"`, of its codebook head's units under
+    `"head"` (None for a layer without a head, or a model without heads), and with `abx_item`, ABX error
+    rates of its features (:func:`features_abx`; `abx_options` go to `abx_error_rates`)."""
+    evaluated = encode(model, evaluate, layers)
+    fitted = evaluated if fit is evaluate else encode(model, fit, layers)
+    scores = _score_layer_units(_units_of_frames(evaluated, fitted, k, seed), model, evaluate, k)
+    rows = []
+    for layer in layers:
+        row = {"layer": layer, "kmeans": scores["kmeans"][layer], "head": scores["head"].get(layer)}
+        if abx_item is not None:
+            row.update(features_abx(abx_item, evaluate.ids, evaluated.features[layer], **(abx_options or {})))
+        rows.append(row)
+    return rows
 
 
 def baseline_units(kind: str, fit: AlignedCorpus, evaluate: AlignedCorpus, k: int, seed: int = 0) -> list[np.ndarray]:
@@ -267,7 +366,9 @@ __all__ = [
     "baseline_units",
     "best_layer",
     "encode",
+    "features_abx",
     "kmeans_units",
+    "layer_sweep",
     "model_units",
     "score_baseline",
     "score_model",
