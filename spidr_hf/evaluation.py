@@ -56,15 +56,21 @@ ALIGNER_SILENCES = frozenset({"", "sil", "sp"})  # aligners' silence labels (low
 
 
 def open_text(path: str | Path) -> IO[str]:
-    """``path`` opened as UTF-8 text, decompressed on the fly when its first bytes are gzip's.
+    """``path`` opened as UTF-8 text, decompressed on the fly when it is named ``.gz``.
 
-    The content decides, not the name: a gzip file named ``.jsonl`` is read as one named ``.jsonl.gz``.
+    The name must say what the content is: a gzip file named without ``.gz`` (or a ``.gz`` file that is
+    not gzip) is a ``ValueError`` naming the fix, since other tools trust the name too.
     """
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder, not a JSON-lines file.")
     with path.open("rb") as f:
         compressed = f.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+    named_gz = path.suffix == ".gz"
+    if compressed and not named_gz:
+        raise ValueError(f"{path} is gzip-compressed but not named .gz: rename it to {path.name}.gz (or gunzip it).")
+    if named_gz and not compressed:
+        raise ValueError(f"{path} is named .gz but is not gzip-compressed: remove the .gz from its name (or gzip it).")
     return gzip.open(path, "rt", encoding="utf-8") if compressed else path.open(encoding="utf-8")
 
 

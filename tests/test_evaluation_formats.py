@@ -59,8 +59,7 @@ def test_gzip_files_and_name_ids_read_as_plain_jsonl(tmp_path: Path) -> None:
     records = [{"name": k, "units": v} for k, v in UNITS.items()]
     plain = write_jsonl(tmp_path / "units.jsonl", [{"id": k, "units": v} for k, v in UNITS.items()])
     compressed = write_jsonl(tmp_path / "units.jsonl.gz", records, compress=True)
-    misnamed = write_jsonl(tmp_path / "gzipped-but-named.jsonl", records, compress=True)
-    assert ev.read_units(plain) == ev.read_units(compressed) == ev.read_units(misnamed) == UNITS
+    assert ev.read_units(plain) == ev.read_units(compressed) == UNITS
     both = write_jsonl(tmp_path / "both.jsonl", [{"id": "x", "name": "y", "units": [1]}])
     assert ev.read_units(both) == {"x": [1]}  # "id" wins over "name"
     with pytest.raises(ValueError, match=r"expected keys 'id' \(or 'name'\) and 'units'"):
@@ -170,6 +169,14 @@ def test_corrupt_gzip_is_one_line_naming_the_file(tmp_path: Path, good_units: Pa
     for path in (truncated, garbled):
         err = evaluate_fails(["--alignments", str(path), "--units", str(good_units)], tmp_path / "out", capsys)
         assert f"{path}: a damaged gzip file" in err and f"gzip -t {path}" in err
+    misnamed = tmp_path / "gzipped-but-named.jsonl"
+    misnamed.write_bytes(whole)
+    err = evaluate_fails(["--alignments", str(misnamed), "--units", str(good_units)], tmp_path / "out", capsys)
+    assert f"{misnamed} is gzip-compressed but not named .gz: rename it to gzipped-but-named.jsonl.gz" in err
+    plain_gz = tmp_path / "plain.jsonl.gz"
+    plain_gz.write_text(json.dumps({"id": "u1", "phones": PHONES["u1"]}) + "\n")
+    err = evaluate_fails(["--alignments", str(plain_gz), "--units", str(good_units)], tmp_path / "out", capsys)
+    assert f"{plain_gz} is named .gz but is not gzip-compressed" in err
     latin1 = tmp_path / "latin1.jsonl"
     latin1.write_bytes(json.dumps({"id": "u1", "phones": ["é"]}, ensure_ascii=False).encode("latin-1"))
     err = evaluate_fails(["--alignments", str(latin1), "--units", str(good_units)], tmp_path / "out", capsys)
