@@ -546,6 +546,85 @@ class PretrainingCollator:
         return {"input_values": torch.stack(waves), "mask_time_indices": mask, "num_skipped": num_skipped}
 
 
+PREPARED_BATCH_KEYS = ("input_values", "mask_time_indices")
+
+
+class PreparedBatches(Dataset):
+    """A fixed sequence of ready-made pretraining batches, replayed in order (one per micro-batch).
+
+    Each batch is a mapping with ``input_values`` (float ``(B, L)``, standardised audio, no
+    padding) and ``mask_time_indices`` (bool ``(B, T)``, at least one True). Give it to
+    :class:`~spidr_hf.training.SpidRPretrainer` as ``train_dataset`` to train on exactly these
+    batches, e.g. to debug one's data or to replay another implementation's inputs: batch ``n``
+    (1-based) feeds training step ``n`` (micro-batch ``n`` with gradient accumulation), and the
+    sequence starts over when ``max_steps`` asks for more. Every batch is checked here; the
+    frame count against the model when the trainer is built (:meth:`check_frames`).
+    """
+
+    def __init__(self, batches: Sequence[Mapping[str, torch.Tensor]]) -> None:
+        self.batches = [self._checked(n, batch) for n, batch in enumerate(batches, start=1)]
+        if not self.batches:
+            raise ValueError("PreparedBatches got no batch: give at least one dict of input_values and mask_time_indices.")
+
+    @staticmethod
+    def _checked(n: int, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A copy of batch ``n`` (1-based), or a ``ValueError`` naming its step and the fix."""
+        where = f"prepared batch {n} (step {n})"
+        if not isinstance(batch, Mapping):
+            raise ValueError(f"{where} is a {type(batch).__name__}: give a dict of {' and '.join(PREPARED_BATCH_KEYS)}.")
+        missing = [key for key in PREPARED_BATCH_KEYS if key not in batch]
+        unknown = sorted(set(batch) - set(PREPARED_BATCH_KEYS))
+        if missing or unknown:
+            raise ValueError(
+                f"{where} has keys {sorted(batch)}: it needs exactly {list(PREPARED_BATCH_KEYS)} "
+                "(uncropped or padded audio is not supported: crop every row to the batch's shortest)."
+            )
+        values, mask = batch["input_values"], batch["mask_time_indices"]
+        if not (isinstance(values, torch.Tensor) and values.ndim == 2 and values.is_floating_point() and values.numel()):
+            raise ValueError(f"{where}: input_values must be a non-empty float tensor (batch, samples), got {_describe_value(values)}.")
+        if not (isinstance(mask, torch.Tensor) and mask.ndim == 2 and mask.dtype == torch.bool):
+            raise ValueError(f"{where}: mask_time_indices must be a bool tensor (batch, frames), got {_describe_value(mask)}.")
+        if mask.shape[0] != values.shape[0]:
+            raise ValueError(
+                f"{where}: input_values has {values.shape[0]} rows but mask_time_indices has {mask.shape[0]}: "
+                "give one mask row per utterance."
+            )
+        if not bool(mask.any()):
+            raise ValueError(
+                f"{where}: mask_time_indices has no masked frame, so there is nothing to predict: "
+                "mask at least one frame (spidr_hf.training.compute_span_mask draws the recipe's span masks)."
+            )
+        return {"input_values": values, "mask_time_indices": mask}
+
+    def check_frames(self, geometry: FrameGeometry) -> None:
+        """Raise a ``ValueError`` naming the first batch whose mask does not have the audio's frame count."""
+        for n, batch in enumerate(self.batches, start=1):
+            samples, frames = batch["input_values"].shape[1], batch["mask_time_indices"].shape[1]
+            if geometry.num_frames(samples) != frames:
+                raise ValueError(
+                    f"prepared batch {n} (step {n}): {samples} samples give {geometry.num_frames(samples)} frames "
+                    f"but mask_time_indices has {frames}: draw the mask over the model's frames "
+                    "(config.frame_geometry.num_frames(samples))."
+                )
+
+    @property
+    def lengths(self) -> list[int]:
+        """Length in samples of every utterance (row) of every batch."""
+        return [batch["input_values"].shape[1] for batch in self.batches for _ in range(batch["input_values"].shape[0])]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.batches[index], "num_skipped": 0}  # a copy: the trainer adds its own keys
+
+
+def _describe_value(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
 def is_empty_batch(batch: Mapping[str, Any]) -> bool:
     """Whether a collated batch holds no utterance (all were unreadable): skip the step."""
     return batch["input_values"].shape[0] == 0
