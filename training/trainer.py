@@ -4,7 +4,7 @@ The training loop, checkpointing, logging, mixed precision and DDP are the Train
 accelerate). `SpidRPretrainer` adds only what SpidR needs, through documented hooks:
 
 * `get_train_dataloader`: the audio dataset, a length-budget batch sampler sharded over ranks,
-  the pretraining collator (crops, standardisation, span masks);
+  the pretraining collator (crops, span masks);
 * `get_batch_samples` + `compute_loss`: the loss of an optimizer step is the mean over the masked
   frames of *all* its micro-batches on *all* ranks, exactly the loss of one big batch;
 * `create_optimizer` / `create_scheduler`: AdamW over the student only (two groups, the teacher
