@@ -72,6 +72,16 @@ def test_a_row_too_short_for_its_spans_draws_starts_among_the_first_spans_plus_o
         assert masks[:, frame].float().mean().item() == pytest.approx(2 / 3, abs=5 * (2 / 9 / 300) ** 0.5)
 
 
+def test_the_random_rounding_is_drawn_per_row():
+    """0.1 x 50 / 10 = 0.5 spans: each row rounds to 0 or 1 span, half the time each. Rows share the
+    smallest count, so a batch of 4 is masked only when all its rows draw 1 span: 1/16 of the time
+    (1/2 were the rounding drawn once per batch). The fixture's draws cannot resolve this difference at
+    5 sigma (it moves 49 x 8 batches by 0.005 masked), hence this test."""
+    draws = 400
+    masked = [bool(compute_span_mask((4, 50), 0.1, 10, 0, generator=generator(s)).any()) for s in range(draws)]
+    assert sum(masked) / draws == pytest.approx(1 / 16, abs=5 * math.sqrt(1 / 16 * 15 / 16 / draws))
+
+
 def test_the_last_frame_is_never_masked():
     for frames, batch in ((25, 2), (49, 8), (200, 4)):
         masks = torch.stack([compute_span_mask((batch, frames), generator=generator(s)) for s in range(50)])
