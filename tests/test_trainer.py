@@ -216,19 +216,12 @@ def test_prepared_batches_are_trained_on_in_order(tmp_path):
 def test_one_optimizer_step_reproduces_the_reference(converted_dir, expected, tmp_path):
     """Loss, gradients, AdamW update, codebooks and teacher after one step of the reference batch."""
     waves, mask = expected["pretrain.waveforms"], expected["pretrain.mask"]
-    data = _write_waves(tmp_path / "data", list(waves.numpy()))
-
-    def reference_batch(items):  # the sampler and dataset run as usual; the batch is the fixture's
-        return {"input_values": waves.clone(), "mask_time_indices": mask.clone(), "num_skipped": 0}
-
     model = SpidRForPreTraining.from_pretrained(converted_dir, codebook_backend="torch")
     teacher_before = {n: p.detach().clone() for n, p in model.teacher.named_parameters()}
     student_before = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("teacher.")}
     grads = GradientRecorder()
-    args = _arguments(
-        tmp_path, max_steps=1, max_samples=waves.shape[1], per_device_max_batch_samples=2 * waves.shape[1]
-    )
-    trainer = SpidRPretrainer(model, args, train_dataset=str(data), data_collator=reference_batch, callbacks=[grads])
+    batches = PreparedBatches([{"input_values": waves, "mask_time_indices": mask}])  # the fixture's batch
+    trainer = SpidRPretrainer(model, _arguments(tmp_path, max_steps=1), train_dataset=batches, callbacks=[grads])
     trainer.train()
 
     # the loss of the step is the mean of the reference's per-frame losses
