@@ -81,6 +81,7 @@ TRAINING_FIELDS = {
         "num_buckets": lambda a: a.num_buckets,
         "min_sample_size": lambda a: a.min_samples,
         "max_sample_size": lambda a: a.max_samples,
+        # the same number; it bounds the cropped (B, L) tensor here (cost="cropped"), the lengths' sum there
         "max_batch_length": lambda a: a.per_device_max_batch_samples,
         "random_seed": lambda a: a.seed,
     },
