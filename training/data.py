@@ -553,8 +553,9 @@ class PreparedBatches(Dataset):
     :class:`~spidr_hf.training.SpidRPretrainer` as ``train_dataset`` to train on exactly these
     batches, e.g. to debug one's data or to replay another implementation's inputs: batch ``n``
     (1-based) feeds training step ``n`` (micro-batch ``n`` with gradient accumulation), and the
-    sequence starts over when ``max_steps`` asks for more. Every batch is checked here; the
-    frame count against the model when the trainer is built (:meth:`check_frames`).
+    sequence starts over when ``max_steps`` asks for more. Under DDP every process trains on the
+    batches it was given: give each rank its own. Every batch is checked here; the frame count
+    against the model when the trainer is built (:meth:`check_frames`).
     """
 
     def __init__(self, batches: Sequence[Mapping[str, torch.Tensor]]) -> None:
