@@ -281,21 +281,23 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
     def ema_step(self, step: int | None = None) -> float:
         """Move the teacher towards the student after an optimizer step; returns the decay used.
 
-        Teacher parameters follow `t <- t + (1 - d)(s - t)`, except the positional convolution,
-        which is copied from the student. Call it on the unwrapped model, once per optimizer step.
+        While `0 < d < 1`, teacher parameters follow `t <- t + (1 - d)(s - t)`, except the positional
+        convolution, which is copied from the student; at `d = 0` or `d = 1` the teacher is left
+        untouched, as in the reference. Call it on the unwrapped model, once per optimizer step.
         `step` is the step just taken (1 after the first), when the caller counts steps on the host
         (as the trainer does); by default it is read from `current_step`, which waits for the device.
         """
         self.current_step += 1  # the decay of step s is d(s), s = 1 after the first optimizer step
         decay = self.ema_decay(step)
+        if not 0.0 < decay < 1.0:
+            return decay
         student = self.spidr.encoder
-        if decay < 1.0:
-            teacher_params, student_params = [], []
-            for (name, t), s in zip(self.teacher.named_parameters(), student.parameters(), strict=True):
-                if not name.startswith("pos_conv_embed."):
-                    teacher_params.append(t)
-                    student_params.append(s.detach().to(t.dtype))
-            torch._foreach_lerp_(teacher_params, student_params, 1.0 - decay)
+        teacher_params, student_params = [], []
+        for (name, t), s in zip(self.teacher.named_parameters(), student.parameters(), strict=True):
+            if not name.startswith("pos_conv_embed."):
+                teacher_params.append(t)
+                student_params.append(s.detach().to(t.dtype))
+        torch._foreach_lerp_(teacher_params, student_params, 1.0 - decay)
         for t, s in zip(self.teacher.pos_conv_embed.parameters(), student.pos_conv_embed.parameters(), strict=True):
             t.copy_(s)
         return decay

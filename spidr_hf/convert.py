@@ -163,6 +163,8 @@ def config_from_reference(
         raise CheckpointError("The attention head count cannot be read off the weights: pass the reference config.json.")
     if model_type == "dinosr":
         kwargs.update(head_input="last_hidden_state", ema_schedule="dinosr")
+        # the reference's one freeze_step also freezes DinoSR's teacher (its decay is 1 from there on)
+        kwargs["ema_frozen_step"] = kwargs.get("freeze_feature_encoder_step", SpidRConfig().freeze_feature_encoder_step)
     config = SpidRConfig(**kwargs)
     _check_against_weights(config, state)
     return config
@@ -269,5 +271,22 @@ def convert_checkpoint(
         out_dir,
         model.config,
         origin=f"Converted from the reference checkpoint `{src.name}` ({model_type}) with `spidr-hf convert`.",
+        facts=conversion_facts(config),
     )
     return out_dir
+
+
+def conversion_facts(config: SpidRConfig) -> dict[str, object]:
+    """What the converted model card says about the recipe numbers taken from the reference config."""
+    step = config.freeze_feature_encoder_step
+    if config.ema_schedule == "dinosr":
+        freezing = (
+            f"the reference's `freeze_step` ({step}) sets both `freeze_feature_encoder_step` and `ema_frozen_step`: "
+            "the feature encoder and the DinoSR teacher freeze at the same step, as in the reference"
+        )
+    else:
+        freezing = (
+            f"the reference's `freeze_step` ({step}) sets `freeze_feature_encoder_step`; the SpidR teacher's "
+            f"decay reaches 1 by `ema_timescale` ({config.ema_timescale:g}) and `ema_threshold` ({config.ema_threshold:g})"
+        )
+    return {"EMA schedule": config.ema_schedule, "freezing": freezing}

@@ -92,6 +92,22 @@ def test_dinosr_model_type(fixture_dir, tmp_path):
     assert config.head_input == "last_hidden_state" and config.ema_schedule == "dinosr"
 
 
+def test_dinosr_freeze_step_freezes_the_teacher_too(fixture_dir, tmp_path):
+    """The reference's one freeze_step freezes DinoSR's feature encoder and teacher; the card says so."""
+    reference = json.loads((fixture_dir / "config.json").read_text())
+    reference["model"]["freeze_step"] = 1_234
+    (tmp_path / "config.json").write_text(json.dumps(reference))
+    for model_type, teacher_frozen_at in (("dinosr", 1_234), ("spidr", SpidRConfig().ema_frozen_step)):
+        out = tmp_path / model_type
+        args = [str(fixture_dir / "checkpoint.pt"), str(out), "--config", str(tmp_path / "config.json")]
+        assert cli(["convert", *args, "--model-type", model_type]) == 0
+        config = SpidRConfig.from_pretrained(out)
+        assert (config.freeze_feature_encoder_step, config.ema_frozen_step) == (1_234, teacher_frozen_at)
+        card = (out / "README.md").read_text()
+        assert "`freeze_step` (1234) sets" in card
+        assert ("`ema_frozen_step`" in card) == (model_type == "dinosr")
+
+
 def test_config_inferred_from_weights_without_reference_config(fixture_dir, caplog):
     state = load_reference_state_dict(fixture_dir / "checkpoint.pt")
     config = config_from_reference(state, None)

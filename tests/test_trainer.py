@@ -16,6 +16,7 @@ from pretrain_worker import micro_model, run_pretraining, write_speechlike_corpu
 from safetensors.torch import load_file
 from spidr_hf.modeling import num_frames
 from spidr_hf.training import (
+    PreparedBatches,
     PretrainingError,
     SpidRPretrainer,
     SpidRTeacherCallback,
@@ -138,23 +139,89 @@ def test_dinosr_ema_decay_matches_its_formula(step, expected):
     assert model.ema_decay(step) == pytest.approx(expected, abs=1e-12)
 
 
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        dict(ema_threshold=0.01),  # SpidR: 1 - d(1) < 0.01, so d = 1 from the first step
+        dict(ema_schedule="dinosr", head_input="last_hidden_state", ema_frozen_step=1),  # DinoSR, frozen teacher
+        dict(ema_schedule="dinosr", head_input="last_hidden_state", ema_start_decay=0.0, ema_final_decay=0.0),
+    ],
+    ids=["spidr-decay-1", "dinosr-decay-1", "dinosr-decay-0"],
+)
+def test_the_teacher_is_untouched_at_decay_0_or_1(schedule):
+    """As in the reference: the EMA runs only for 0 < d < 1; the positional convolution is not copied either."""
+    model = micro_model(**schedule)
+    with torch.no_grad():  # a student unlike its teacher everywhere, positional convolution included
+        for p in model.spidr.encoder.parameters():
+            p.add_(1.0)
+    teacher = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    assert model.ema_step(1) in (0.0, 1.0)
+    _assert_states_equal(teacher, model.teacher.state_dict(), atol=0)
+    assert int(model.current_step) == 1
+
+
+def test_the_teacher_moves_and_copies_the_positional_convolution_below_decay_1():
+    model = micro_model()
+    with torch.no_grad():
+        for p in model.spidr.encoder.parameters():
+            p.add_(1.0)
+    before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    decay = model.ema_step(1)
+    assert 0 < decay < 1
+    student = model.spidr.encoder.state_dict()
+    for name, value in model.teacher.state_dict().items():
+        want = student[name] if name.startswith("pos_conv_embed.") else before[name] + (1 - decay) * (student[name] - before[name])
+        torch.testing.assert_close(value, want, atol=1e-6, rtol=0, msg=name)
+
+
+# ------------------------------------------------------------------------------ replayed batches
+def test_prepared_batches_are_checked_naming_the_step_and_the_fix(tmp_path):
+    config = micro_model().config
+    frames = config.frame_geometry.num_frames(8_000)
+    good = {"input_values": torch.randn(2, 8_000), "mask_time_indices": compute_span_mask((2, frames))}
+    cases = [
+        ({"input_values": good["input_values"]}, r"prepared batch 2 \(step 2\) has keys \['input_values'\]: it needs exactly"),
+        ({**good, "attention_mask": torch.ones(2, 8_000)}, r"prepared batch 2 \(step 2\) has keys .*attention_mask"),
+        ({**good, "mask_time_indices": good["mask_time_indices"][:1]}, r"batch 2 \(step 2\): input_values has 2 rows but mask_time_indices has 1: give one mask row per utterance"),
+        ({**good, "mask_time_indices": torch.zeros(2, frames, dtype=torch.bool)}, r"batch 2 \(step 2\): mask_time_indices has no masked frame.*compute_span_mask"),
+        ({**good, "input_values": good["input_values"].long()}, r"batch 2 \(step 2\): input_values must be a non-empty float tensor"),
+        ({**good, "mask_time_indices": good["mask_time_indices"].long()}, r"batch 2 \(step 2\): mask_time_indices must be a bool tensor"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=message):
+            PreparedBatches([good, bad])
+    wrong_frames = PreparedBatches([good, {**good, "mask_time_indices": good["mask_time_indices"][:, :-1]}])
+    args = _arguments(tmp_path, max_steps=2)
+    with pytest.raises(ValueError, match=rf"prepared batch 2 \(step 2\): 8000 samples give {frames} frames but mask_time_indices has {frames - 1}"):
+        SpidRPretrainer(micro_model(), args, train_dataset=wrong_frames)
+
+
+def test_prepared_batches_are_trained_on_in_order(tmp_path):
+    """Each step trains on its prepared batch: the logged loss is that batch's loss under the weights of the time."""
+    config = micro_model().config
+    frames = config.frame_geometry.num_frames(8_000)
+    batches = [
+        {"input_values": torch.randn(2, 8_000, generator=torch.Generator().manual_seed(i)),
+         "mask_time_indices": compute_span_mask((2, frames), generator=torch.Generator().manual_seed(i))}
+        for i in range(3)
+    ]  # fmt: skip
+    trainer = BatchRecorder(micro_model(), _arguments(tmp_path, max_steps=4), train_dataset=PreparedBatches(batches))
+    trainer.train()
+    expected = [batches[i % 3]["input_values"] for i in range(4)]  # the sequence starts over after its end
+    assert trainer.seen == [(tuple(x.shape), float(x.double().sum())) for x in expected]
+    assert "6 utterances" in trainer.run_facts()["training data"]
+
+
 # ------------------------------------------------------------------------------ reference math
 def test_one_optimizer_step_reproduces_the_reference(converted_dir, expected, tmp_path):
     """Loss, gradients, AdamW update, codebooks and teacher after one step of the reference batch."""
     waves, mask = expected["pretrain.waveforms"], expected["pretrain.mask"]
-    data = _write_waves(tmp_path / "data", list(waves.numpy()))
-
-    def reference_batch(items):  # the sampler and dataset run as usual; the batch is the fixture's
-        return {"input_values": waves.clone(), "mask_time_indices": mask.clone(), "num_skipped": 0}
-
     model = SpidRForPreTraining.from_pretrained(converted_dir, codebook_backend="torch")
     teacher_before = {n: p.detach().clone() for n, p in model.teacher.named_parameters()}
     student_before = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("teacher.")}
     grads = GradientRecorder()
-    args = _arguments(
-        tmp_path, max_steps=1, max_samples=waves.shape[1], per_device_max_batch_samples=2 * waves.shape[1]
-    )
-    trainer = SpidRPretrainer(model, args, train_dataset=str(data), data_collator=reference_batch, callbacks=[grads])
+    batches = PreparedBatches([{"input_values": waves, "mask_time_indices": mask}])  # the fixture's batch
+    trainer = SpidRPretrainer(model, _arguments(tmp_path, max_steps=1), train_dataset=batches, callbacks=[grads])
     trainer.train()
 
     # the loss of the step is the mean of the reference's per-frame losses

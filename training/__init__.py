@@ -15,6 +15,7 @@ from .arguments import SpidRTrainingArguments, parse_pretraining_args
 from .checkpoints import checkpoint_problem, last_complete_checkpoint
 from .data import (
     LengthBudgetBatchSampler,
+    PreparedBatches,
     PretrainingCollator,
     SpidRAudioDataset,
     is_empty_batch,
@@ -28,6 +29,7 @@ from .trainer import SpidRPretrainer, SpidRTeacherCallback, pretraining_param_gr
 __all__ = [
     "BUILTIN_RECIPES",
     "LengthBudgetBatchSampler",
+    "PreparedBatches",
     "PretrainingCollator",
     "PretrainingError",
     "SpidRAudioDataset",

@@ -3,9 +3,9 @@
 Pipeline (one utterance = one audio file, or one row of a ``datasets.Dataset``)::
 
     index = load_training_index(source)              # lengths at 16 kHz, short ones dropped
-    dataset = SpidRAudioDataset(index)               # decode, resample, random 20 s crop, standardise
+    dataset = SpidRAudioDataset(index)               # decode, resample, standardise the file, random 20 s crop
     sampler = LengthBudgetBatchSampler(dataset.lengths, 3_800_000, seed=0, num_replicas=W, rank=r)
-    collator = PretrainingCollator(seed=0)           # crop to shortest, standardise, span masks
+    collator = PretrainingCollator(seed=0)           # crop to shortest, span masks
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, num_workers=8)
 
 :func:`load_training_index` takes a folder, a manifest (``.csv``, ``.jsonl``, fairseq ``.tsv``) or
@@ -134,7 +134,10 @@ def random_crop(wave: np.ndarray, max_samples: int, rng: np.random.Generator) ->
 
 
 class SpidRAudioDataset(Dataset):
-    """Utterances decoded at 16 kHz (:mod:`spidr_hf.sources`), randomly cropped to at most ``max_samples``, standardised.
+    """Utterances decoded at 16 kHz (:mod:`spidr_hf.sources`), standardised whole, then randomly cropped to ``max_samples``.
+
+    As in the reference recipe, the whole file is standardised once and crops are slices of it
+    (never standardised again), so every file is decoded whole.
 
     ``dataset[i]`` returns ``{"input_values": float32 tensor (L,), "index": i, "epoch": e}``, or
     ``None`` when the utterance cannot be decoded (or decodes shorter than ``min_samples``): a
@@ -222,12 +225,11 @@ class SpidRAudioDataset(Dataset):
         self.epoch = int(epoch)
 
     def _decode(self, utterance: AudioItem, rng: np.random.Generator) -> np.ndarray:
-        """Decode an utterance, reading only a random ``max_samples`` window of long files."""
-        if isinstance(utterance.source, str) and utterance.num_samples > self.max_samples:
-            start = int(rng.integers(0, utterance.num_samples - self.max_samples + 1))
-            return self.audio.decode(utterance, mono=self.mono, start=start, stop=start + self.max_samples)
-        # dataset rows decode whole; a file header may under-report (e.g. VBR MP3): crop after decoding
-        return random_crop(self.audio.decode(utterance, mono=self.mono), self.max_samples, rng)
+        """Decode the whole utterance, standardise it, and take a random ``max_samples`` window of it."""
+        wave = self.audio.decode(utterance, mono=self.mono)
+        if len(wave) < self.min_samples:
+            raise AudioDecodeError(f"{utterance.source} decodes to {len(wave)} samples, fewer than {self.min_samples}.")
+        return random_crop(standardize(wave), self.max_samples, rng)
 
     def check_readable(self) -> None:
         """Raise a ``ValueError`` unless some utterance decodes (to at least ``min_samples`` samples).
@@ -268,14 +270,10 @@ class SpidRAudioDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, index])
         try:
             wave = self._decode(utterance, rng)
-            if len(wave) < self.min_samples:
-                raise AudioDecodeError(
-                    f"{utterance.source} decodes to {len(wave)} samples, fewer than {self.min_samples}."
-                )
         except (AudioDecodeError, ValueError, OSError) as err:
             self._skip(utterance, err)
             return None
-        return {"input_values": torch.from_numpy(standardize(wave)), "index": index, "epoch": epoch}
+        return {"input_values": torch.from_numpy(wave), "index": index, "epoch": epoch}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,13 +467,13 @@ def _batch_generator(seed: int, items: Sequence[Mapping[str, Any]], fallback: in
 
 
 class PretrainingCollator:
-    """Turn dataset items into a pretraining batch: crop, standardise, stack, mask.
+    """Turn dataset items into a pretraining batch: crop, stack, mask.
 
     Output: ``{"input_values": (B, L) float32, "mask_time_indices": (B, T) bool, "num_skipped": int}``
 
     * ``None`` items (unreadable utterances) are dropped and counted in ``num_skipped``;
     * every waveform is cropped to the shortest one, ``L``, at a random offset (no padding);
-    * each cropped waveform is standardised again (zero mean, unit variance);
+      items come standardised (the dataset standardises each file whole): crops are not again;
     * ``T = num_frames(L)`` for the given convolutions, and ``mask_time_indices`` follows
       :func:`~spidr_hf.training.masking.compute_span_mask`.
 
@@ -515,16 +513,14 @@ class PretrainingCollator:
         kwargs.update(overrides)
         return cls(**kwargs)
 
-    def _crop_and_standardize(
-        self, wave: torch.Tensor, length: int, generator: torch.Generator
-    ) -> torch.Tensor:
-        """A random window of ``length`` samples of ``wave``, standardised."""
+    def _crop(self, wave: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
+        """A random window of ``length`` samples of ``wave``."""
         offset = (
             int(torch.randint(0, len(wave) - length + 1, (1,), generator=generator))
             if len(wave) > length
             else 0
         )
-        return torch.from_numpy(standardize(wave[offset : offset + length].numpy()))
+        return wave[offset : offset + length]
 
     def __call__(self, items: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
         kept = [item for item in items if item is not None]
@@ -538,12 +534,92 @@ class PretrainingCollator:
         self._calls += 1
         generator = _batch_generator(self.seed, kept, fallback=self._calls)
         length = min(len(item["input_values"]) for item in kept)
-        waves = [self._crop_and_standardize(item["input_values"], length, generator) for item in kept]
+        waves = [self._crop(item["input_values"], length, generator) for item in kept]
         frames = FrameGeometry(self.conv_kernel, self.conv_stride).num_frames(length)
         mask = compute_span_mask(
             (len(kept), frames), self.mask_prob, self.mask_length, self.min_masks, generator=generator
         )
         return {"input_values": torch.stack(waves), "mask_time_indices": mask, "num_skipped": num_skipped}
+
+
+PREPARED_BATCH_KEYS = ("input_values", "mask_time_indices")
+
+
+class PreparedBatches(Dataset):
+    """A fixed sequence of ready-made pretraining batches, replayed in order (one per micro-batch).
+
+    Each batch is a mapping with ``input_values`` (float ``(B, L)``, standardised audio, no
+    padding) and ``mask_time_indices`` (bool ``(B, T)``, at least one True). Give it to
+    :class:`~spidr_hf.training.SpidRPretrainer` as ``train_dataset`` to train on exactly these
+    batches, e.g. to debug one's data or to replay another implementation's inputs: batch ``n``
+    (1-based) feeds training step ``n`` (micro-batch ``n`` with gradient accumulation), and the
+    sequence starts over when ``max_steps`` asks for more. Under DDP every process trains on the
+    batches it was given: give each rank its own. Every batch is checked here; the frame count
+    against the model when the trainer is built (:meth:`check_frames`).
+    """
+
+    def __init__(self, batches: Sequence[Mapping[str, torch.Tensor]]) -> None:
+        self.batches = [self._checked(n, batch) for n, batch in enumerate(batches, start=1)]
+        if not self.batches:
+            raise ValueError("PreparedBatches got no batch: give at least one dict of input_values and mask_time_indices.")
+
+    @staticmethod
+    def _checked(n: int, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A copy of batch ``n`` (1-based), or a ``ValueError`` naming its step and the fix."""
+        where = f"prepared batch {n} (step {n})"
+        if not isinstance(batch, Mapping):
+            raise ValueError(f"{where} is a {type(batch).__name__}: give a dict of {' and '.join(PREPARED_BATCH_KEYS)}.")
+        missing = [key for key in PREPARED_BATCH_KEYS if key not in batch]
+        unknown = sorted(set(batch) - set(PREPARED_BATCH_KEYS))
+        if missing or unknown:
+            raise ValueError(
+                f"{where} has keys {sorted(batch)}: it needs exactly {list(PREPARED_BATCH_KEYS)} "
+                "(uncropped or padded audio is not supported: crop every row to the batch's shortest)."
+            )
+        values, mask = batch["input_values"], batch["mask_time_indices"]
+        if not (isinstance(values, torch.Tensor) and values.ndim == 2 and values.is_floating_point() and values.numel()):
+            raise ValueError(f"{where}: input_values must be a non-empty float tensor (batch, samples), got {_describe_value(values)}.")
+        if not (isinstance(mask, torch.Tensor) and mask.ndim == 2 and mask.dtype == torch.bool):
+            raise ValueError(f"{where}: mask_time_indices must be a bool tensor (batch, frames), got {_describe_value(mask)}.")
+        if mask.shape[0] != values.shape[0]:
+            raise ValueError(
+                f"{where}: input_values has {values.shape[0]} rows but mask_time_indices has {mask.shape[0]}: "
+                "give one mask row per utterance."
+            )
+        if not bool(mask.any()):
+            raise ValueError(
+                f"{where}: mask_time_indices has no masked frame, so there is nothing to predict: "
+                "mask at least one frame (spidr_hf.training.compute_span_mask draws the recipe's span masks)."
+            )
+        return {"input_values": values, "mask_time_indices": mask}
+
+    def check_frames(self, geometry: FrameGeometry) -> None:
+        """Raise a ``ValueError`` naming the first batch whose mask does not have the audio's frame count."""
+        for n, batch in enumerate(self.batches, start=1):
+            samples, frames = batch["input_values"].shape[1], batch["mask_time_indices"].shape[1]
+            if geometry.num_frames(samples) != frames:
+                raise ValueError(
+                    f"prepared batch {n} (step {n}): {samples} samples give {geometry.num_frames(samples)} frames "
+                    f"but mask_time_indices has {frames}: draw the mask over the model's frames "
+                    "(config.frame_geometry.num_frames(samples))."
+                )
+
+    @property
+    def lengths(self) -> list[int]:
+        """Length in samples of every utterance (row) of every batch."""
+        return [batch["input_values"].shape[1] for batch in self.batches for _ in range(batch["input_values"].shape[0])]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.batches[index], "num_skipped": 0}  # a copy: the trainer adds its own keys
+
+
+def _describe_value(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
 
 
 def is_empty_batch(batch: Mapping[str, Any]) -> bool:

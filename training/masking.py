@@ -1,16 +1,16 @@
 """Span masking of encoder frames for SpidR pretraining.
 
-The rule follows wav2vec2/HuBERT's ``_compute_mask_indices`` with fairseq's
-``require_same_masks`` step, written here with torch (transformers' helper is private):
+The rule is the reference's (fairseq's ``compute_mask_indices`` with a padding mask and
+``require_same_masks``, as the SpidR collator calls it), written here with torch:
 
 1. For a row with ``n`` valid frames, the number of spans is
-   ``int(mask_prob * n / mask_length + u)``, ``u ~ U[0, 1)`` drawn once per call (random
-   rounding, as in transformers and in the SpidR reference when rows are unpadded), then at
-   least ``min_masks`` and at most the number of possible span starts.
-2. A span covers ``span = min(mask_length, n)`` consecutive valid frames; its start is drawn
-   uniformly among the ``n - span + 1`` starts that keep it inside the row, distinct starts
-   per row (sampled without replacement). Spans may overlap, so the masked fraction is below
-   ``mask_prob`` (about 0.57 for ``mask_prob=0.8``, ``mask_length=10``).
+   ``int(mask_prob * n / mask_length + u)``, ``u ~ U[0, 1)`` drawn for every row (random
+   rounding), then at least ``min_masks``.
+2. Span starts are distinct (sampled without replacement) and uniform among the first
+   ``n - mask_length`` positions; a span covers ``mask_length`` frames, cut at the row's end.
+   A row too short for its spans (``n - mask_length <= spans``) draws them among the first
+   ``spans + 1`` positions instead. Spans may overlap, so the masked fraction is below
+   ``mask_prob``.
 3. Rows are equalised: each row keeps a uniformly random subset of its masked frames of size
    ``m``, the smallest masked count over the rows that have valid frames (the frames dropped
    are unmasked one by one, which can split spans, exactly as fairseq does). A batch then has
@@ -44,11 +44,11 @@ def _rank_in_row(keys: torch.Tensor) -> torch.Tensor:
 
 
 def _draw_span_starts(
-    num_starts: torch.Tensor, num_spans: torch.Tensor, frames: int, generator: torch.Generator | None
+    num_starts: torch.Tensor, num_spans: torch.Tensor, width: int, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """Boolean ``(B, frames)``: ``num_spans[b]`` distinct starts drawn uniformly from ``[0, num_starts[b])``."""
-    positions = torch.arange(frames)
-    keys = torch.rand((num_starts.numel(), frames), generator=generator)
+    """Boolean ``(B, width)``: ``num_spans[b]`` distinct starts drawn uniformly from ``[0, num_starts[b])``."""
+    positions = torch.arange(width)
+    keys = torch.rand((num_starts.numel(), width), generator=generator)
     keys = keys.masked_fill(positions >= num_starts[:, None], 2.0)  # impossible starts rank last
     return _rank_in_row(keys) < num_spans[:, None]
 
@@ -88,9 +88,8 @@ def compute_span_mask(
         shape: ``(batch, frames)``.
         mask_prob: expected fraction of frames that span *starts* would cover without overlap;
             the number of spans in a row of ``n`` valid frames is ``int(mask_prob * n / mask_length + u)``.
-        mask_length: span length in frames. In a row with fewer valid frames than that, the span
-            is clamped to the row (so a very short row may be masked entirely).
-        min_masks: minimum number of spans per row (fewer only when the row has fewer possible starts).
+        mask_length: span length in frames (a span is cut at the end of its row).
+        min_masks: minimum number of spans per row.
         attention_mask: optional ``(batch, frames)`` bool/int, True/1 on valid frames; padded
             frames are never masked. A row with no valid frame stays unmasked and does not take
             part in the equalisation.
@@ -115,14 +114,16 @@ def compute_span_mask(
         return torch.zeros((batch, frames), dtype=torch.bool, device=valid.device)
 
     lengths = valid.sum(dim=1)
-    span = lengths.clamp(max=mask_length)
-    num_starts = torch.where(lengths > 0, lengths - span + 1, 0)
-    rounding = torch.rand((), generator=generator)  # one random-rounding draw per call
-    num_spans = torch.floor(mask_prob * lengths / mask_length + rounding).long()
-    num_spans = torch.minimum(num_spans.clamp(min=min_masks), num_starts)
+    rounding = torch.rand((batch,), generator=generator, dtype=torch.float64)  # random rounding, per row
+    num_spans = torch.floor(mask_prob * lengths.double() / mask_length + rounding).long().clamp(min=min_masks)
+    # starts among the first n - mask_length positions, a reference quirk kept on purpose: the last frame is never masked
+    num_starts = torch.where(lengths - mask_length > num_spans, lengths - mask_length, num_spans + 1)
+    num_spans = torch.where(lengths > 0, num_spans, 0)
+    width = max(frames, int(num_starts.max()))  # a short row's starts may lie past the tensor's end
+    span = torch.full((batch,), mask_length)
 
     # spans are drawn in "valid-frame" coordinates, then scattered onto the valid positions
-    in_valid = _expand_spans(_draw_span_starts(num_starts, num_spans, frames, generator), span)
+    in_valid = _expand_spans(_draw_span_starts(num_starts, num_spans, width, generator), span)[:, :frames]
     in_valid &= torch.arange(frames) < lengths[:, None]
     # a stable sort puts each row's valid frames first, in their order
     valid_positions = torch.argsort((~valid).to(torch.uint8), dim=1, stable=True)

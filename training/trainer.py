@@ -4,7 +4,7 @@ The training loop, checkpointing, logging, mixed precision and DDP are the Train
 accelerate). `SpidRPretrainer` adds only what SpidR needs, through documented hooks:
 
 * `get_train_dataloader`: the audio dataset, a length-budget batch sampler sharded over ranks,
-  the pretraining collator (crops, standardisation, span masks);
+  the pretraining collator (crops, span masks);
 * `get_batch_samples` + `compute_loss`: the loss of an optimizer step is the mean over the masked
   frames of *all* its micro-batches on *all* ranks, exactly the loss of one big batch;
 * `create_optimizer` / `create_scheduler`: AdamW over the student only (two groups, the teacher
@@ -50,7 +50,13 @@ from spidr_hf.runs import die_with_parent
 
 from .arguments import SpidRTrainingArguments
 from .checkpoints import STAGING_FOLDER, checkpoint_problem, last_complete_checkpoint, publish_checkpoint
-from .data import LengthBudgetBatchSampler, PretrainingCollator, SpidRAudioDataset, is_empty_batch
+from .data import (
+    LengthBudgetBatchSampler,
+    PreparedBatches,
+    PretrainingCollator,
+    SpidRAudioDataset,
+    is_empty_batch,
+)
 from .monitoring import PretrainingError, PretrainingMetrics, TrainingHealth, all_finite
 from .recipe import format_hours, hours_of_audio
 
@@ -191,9 +197,9 @@ class EpochDataLoader(DataLoader):
         self.batch_sampler.set_epoch(epoch)
 
 
-def build_train_dataset(source: Any, args: SpidRTrainingArguments) -> SpidRAudioDataset:
-    """`source` (a `SpidRAudioDataset`, a folder/manifest path or a `datasets.Dataset`) as a dataset."""
-    if isinstance(source, SpidRAudioDataset):
+def build_train_dataset(source: Any, args: SpidRTrainingArguments) -> SpidRAudioDataset | PreparedBatches:
+    """`source` (a `SpidRAudioDataset`, `PreparedBatches`, a folder/manifest path or a `datasets.Dataset`) as a dataset."""
+    if isinstance(source, SpidRAudioDataset | PreparedBatches):
         return source
     if source is None:
         raise ValueError("SpidRPretrainer needs training audio: pass train_dataset or set args.train_data.")
@@ -214,7 +220,8 @@ class SpidRPretrainer(Trainer):
         model: the pretraining model (student, teacher, codebooks, heads).
         args: a [`SpidRTrainingArguments`].
         train_dataset: a `SpidRAudioDataset`, a folder / manifest path or a `datasets.Dataset`;
-            default: `args.train_data`.
+            default: `args.train_data`. Or `PreparedBatches`: ready-made batches (audio and
+            masks) trained on in their order, one per micro-batch, without the sampler and collator.
         data_collator: default: a `PretrainingCollator` with the arguments' masking settings.
         kwargs: passed to `Trainer` (e.g. `callbacks`).
 
@@ -254,7 +261,10 @@ class SpidRPretrainer(Trainer):
             args.ddp_find_unused_parameters = _needs_find_unused_parameters(model, args)
         self.data_seed = args.data_seed if args.data_seed is not None else args.seed
         train_dataset = build_train_dataset(train_dataset if train_dataset is not None else args.train_data, args)
-        train_dataset.check_readable()  # before step 1: a manifest of missing files would train on nothing
+        if isinstance(train_dataset, PreparedBatches):
+            train_dataset.check_frames(model.config.frame_geometry)
+        else:
+            train_dataset.check_readable()  # before step 1: a manifest of missing files would train on nothing
         if data_collator is None:
             data_collator = PretrainingCollator.from_config(
                 model.config,
@@ -282,8 +292,10 @@ class SpidRPretrainer(Trainer):
         The order is a function of the data seed and the epoch; crops and masks are functions of
         (seed, epoch, utterances of the batch). The loader is not passed through
         `accelerator.prepare`: the sampler already shards by rank, and the Trainer moves batches to
-        the device itself.
+        the device itself. `PreparedBatches` are yielded as they are, in order.
         """
+        if isinstance(self.train_dataset, PreparedBatches):
+            return DataLoader(self.train_dataset, batch_size=None, shuffle=False)
         sampler = LengthBudgetBatchSampler(
             self.train_dataset.lengths,
             self.args.per_device_max_batch_samples,
@@ -522,7 +534,7 @@ class SpidRPretrainer(Trainer):
         total_samples = sum(self.train_dataset.lengths)
         last = _last_training_log(self.state.log_history)
         facts: dict[str, object] = {
-            "training data": f"{self.args.train_data or 'in-memory dataset'}: {len(self.train_dataset)} utterances, "
+            "training data": f"{self.args.train_data or 'in-memory dataset'}: {len(self.train_dataset.lengths)} utterances, "
             f"{format_hours(hours_of_audio(total_samples))} of audio",
             "optimizer steps": self.state.global_step,
             "audio seen in this run": format_hours(self.metrics.total_audio_seconds / 3600),
