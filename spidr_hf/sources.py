@@ -96,7 +96,7 @@ def decode_cell(
         return load_audio(encoded_source(cell, name), sampling_rate, mono)
     array = np.asarray(cell["array"], dtype=np.float32)
     wave = to_mono(array.T if array.ndim == 2 else array, mono, name=name)  # datasets stores (channels, frames)
-    return resample(wave, int(cell["sampling_rate"]), sampling_rate)
+    return resample(wave, int(cell["sampling_rate"]), sampling_rate, name)
 
 
 def cell_length(cell: Mapping[str, Any], sampling_rate: int = SAMPLING_RATE, name: str = "audio") -> int:
