@@ -10,6 +10,7 @@ the same formula as transformers' ``Wav2Vec2FeatureExtractor`` (see :func:`stand
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Iterable
@@ -38,6 +39,19 @@ logger = logging.getLogger(__name__)
 
 class AudioDecodeError(ValueError):
     """An audio file could not be decoded, or holds no usable samples."""
+
+
+def missing_reason(path: str | os.PathLike) -> str:
+    """Why ``path`` cannot be opened, in words: a symbolic link loop, a dangling link, or no such path."""
+    path = Path(path)
+    if path.is_symlink():
+        try:
+            path.stat()
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                return "is a loop of symbolic links"
+        return f"is a dangling symbolic link (to {os.readlink(path)}, which does not exist)"
+    return "does not exist"
 
 
 def _describe(source: AudioSource) -> str:
@@ -111,6 +125,8 @@ def _read(source: AudioSource, start: int, stop: int | None) -> tuple[np.ndarray
 
 def _header(source: AudioSource, what: str) -> tuple[int, int]:
     """``(frames, sampling rate)`` from the header of ``source`` (a file object is rewound afterwards)."""
+    if isinstance(source, str | os.PathLike) and not os.path.exists(source):  # libsndfile says "System error"
+        raise AudioDecodeError(f"audio file {source} {missing_reason(source)}.")
     try:
         info = sf.info(source)
     except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
@@ -189,8 +205,10 @@ def walk_audio_files(
     second link to a folder, a dangling link, a folder that cannot be listed.
     """
     root = Path(root)
+    if not root.exists():
+        raise NotADirectoryError(f"audio folder {root} {missing_reason(root)}.")
     if not root.is_dir():
-        raise NotADirectoryError(f"audio folder {root} does not exist or is not a folder.")
+        raise NotADirectoryError(f"audio folder {root} is not a folder.")
     wanted = tuple(ext.lower() for ext in extensions)
     files: list[Path] = []
     problems: list[tuple[str, str]] = []

@@ -16,11 +16,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from transformers.dynamic_module_utils import get_relative_import_files
 
 from . import modeling
 from .modeling import SpidRConfig, SpidRFeatureExtractor, SpidRForPreTraining
-from .runs import untrusted_pickle_error
+from .runs import untrusted_pickle_error, write_failure
 
 # What `trust_remote_code=True` loads from a saved directory, without this package.
 AUTO_MAP = {
@@ -42,10 +43,14 @@ def remote_code_files() -> list[Path]:
 
 
 def save_pretrained_with_code(model: SpidRForPreTraining, out_dir: str | Path) -> None:
-    """`save_pretrained` (safetensors) plus the feature extractor and the remote-code files."""
+    """`save_pretrained` (safetensors) plus the feature extractor and the remote-code files; an OS error
+    (disk full, read-only ...) is raised as one line naming the folder (`spidr_hf.runs.write_failure`)."""
     out_dir = Path(out_dir)
     model.config.auto_map = dict(AUTO_MAP)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    try:
+        model.save_pretrained(out_dir, safe_serialization=True)
+    except (OSError, SafetensorError) as error:  # safetensors' error of a full disk is no OSError
+        raise write_failure(out_dir / "model.safetensors", error) from error
     SpidRFeatureExtractor().save_pretrained(out_dir)
     for path in remote_code_files():
         shutil.copyfile(path, out_dir / path.name)

@@ -120,12 +120,12 @@ def _errno_of(error: BaseException) -> int | None:
 def write_failure(path: str | os.PathLike, error: BaseException) -> WriteError:
     """``error`` (an ``OSError``, or safetensors' error wrapping one) met while writing ``path``, as one
     line naming the path, the reason and the fix (a ``WriteError``, an ``OSError`` with the same errno)."""
-    if isinstance(error, WriteError):
-        return error
+    if isinstance(error, WriteError):  # written under a temporary name: name the file it was for
+        error = error.__cause__ or error
     code = _errno_of(error)
     reason = _WRITE_REASONS.get(code) or (error.strerror if isinstance(error, OSError) and error.strerror else str(error))
     if code in PER_FILE_ERRNOS:
-        fix = "use a shorter name"
+        fix = "give that input a shorter name (it names the output)"
     else:
         fix = "what was written before is complete: fix this (free space, another folder) and rerun to resume"
     return WriteError(code or 0, f"cannot write {path}: {reason}; {fix}.")
@@ -136,15 +136,18 @@ def is_per_file_error(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in PER_FILE_ERRNOS
 
 
-def untrusted_pickle_error(path: str | os.PathLike, error: BaseException) -> ValueError:
-    """The ``ValueError`` for a pickle of weights that ``torch.load(weights_only=True)`` refuses: it names
-    the file and how to re-save it as safetensors (never load it otherwise unless its source is trusted)."""
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return ValueError(
-        f"{path} is a pickle that torch.load(weights_only=True) refuses ({first}); loading it otherwise could "
-        "run any code in it. Only if it comes from a source you trust, re-save it as safetensors: "
-        "`spidr-hf convert` for a reference checkpoint, or from_pretrained(..., weights_only=False) then "
-        "save_pretrained(folder, safe_serialization=True) for a model folder."
+class UntrustedPickleError(ValueError):
+    """A pickle of weights that ``torch.load(weights_only=True)`` refuses (see :func:`untrusted_pickle_error`)."""
+
+
+def untrusted_pickle_error(path: str | os.PathLike, error: BaseException | None = None) -> UntrustedPickleError:
+    """The error for a pickle of weights that ``torch.load(weights_only=True)`` refuses: it names the file
+    and how to re-save it as safetensors (never to load it otherwise unless its source is trusted)."""
+    return UntrustedPickleError(
+        f"{path} is a pickle that torch.load(weights_only=True) refuses: it holds more than tensors, and loading "
+        "it otherwise could run any code in it. Only if it comes from a source you trust, re-save it as "
+        "safetensors: `spidr-hf convert` for a reference checkpoint, or load it with torch.load(..., "
+        "weights_only=False) and save_pretrained(folder, safe_serialization=True) for a model folder."
     )
 
 
@@ -170,17 +173,21 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, 
     """``safetensors.torch.save_file`` with its metadata in sorted order, so the same outputs are the same bytes.
 
     safetensors writes its metadata map in a per-process random order; the header is rewritten in
-    place with the same keys and values, sorted (same length: the data offsets do not move).
+    place with the same keys and values, sorted (same length: the data offsets do not move). An OS
+    error is raised as a :class:`WriteError` naming ``path``.
     """
-    save_file(tensors, path, metadata=metadata)
-    with open(path, "r+b") as f:
-        length = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(length))
-        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-        if len(text) <= length:  # the same characters reordered; else leave the file as written
-            f.seek(8)
-            f.write(text.ljust(length))
+    try:
+        save_file(tensors, path, metadata=metadata)
+        with open(path, "r+b") as f:
+            length = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(length))
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+            text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+            if len(text) <= length:  # the same characters reordered; else leave the file as written
+                f.seek(8)
+                f.write(text.ljust(length))
+    except (OSError, SafetensorError) as error:  # safetensors' error of a full disk is no OSError
+        raise write_failure(path, error) from error
 
 
 def load_safetensors(path: str | os.PathLike, required_key: str, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -209,6 +216,7 @@ def die_with_parent(*_: object) -> None:
 
 __all__ = [
     "PER_FILE_ERRNOS",
+    "UntrustedPickleError",
     "WriteError",
     "atomic_write",
     "die_with_parent",

@@ -43,6 +43,7 @@ from .audio import (
     AudioSource,
     audio_length,
     load_audio,
+    missing_reason,
     resample,
     resampled_length,
     to_mono,
@@ -407,7 +408,7 @@ def collect_inputs(inputs: Sequence[str | os.PathLike], audio_column: str = "aud
         elif path.is_file():
             collected.items.append(AudioItem(str(path), id=_strip_extension(path.name)))
         elif not path.exists():
-            raise FileNotFoundError(f"input {path} does not exist.")
+            raise FileNotFoundError(f"input {path} {missing_reason(path)}.")
         else:
             raise FileNotFoundError(
                 f"input {path} is neither an audio file, a folder, a manifest nor a saved dataset."

@@ -11,6 +11,7 @@ from safetensors import SafetensorError
 
 from ..model_dir import check_model_source, from_pretrained
 from ..modeling import FrameGeometry, SpidRForPreTraining, SpidRModel
+from ..runs import UntrustedPickleError
 from ..units import encoder_of, frame_mask_of, resolve_layer, select_layer
 from .batching import pad_batch
 from .options import DTYPES
@@ -32,6 +33,8 @@ def load_model(
     cls = SpidRForPreTraining if pretraining else SpidRModel
     try:
         model, info = from_pretrained(cls, source, dtype=torch.float32, output_loading_info=True)
+    except UntrustedPickleError:  # names the file and the fix already
+        raise
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # a cut-short file, weights of another shape
         raise ValueError(f"cannot load the model in {model_dir}: {err}") from err
     if info["missing_keys"]:  # from_pretrained would fill them with random numbers

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,7 +60,7 @@ class FeatureWriter:
         return [self.out / f"{item.id}.layer{layer}.npy" for layer in self.layers]
 
     def is_done(self, item: AudioItem) -> bool:
-        return all(path.is_file() for path in self.paths(item))
+        return all(os.path.isfile(path) for path in self.paths(item))  # False for a name too long, as for none
 
     def write(self, item: AudioItem, frames: dict[FrameKey, torch.Tensor]) -> None:
         tensors = [

@@ -1,0 +1,269 @@
+"""Hostile inputs and faults, one policy per class (README, "Command line"), in every command that shares the code.
+
+(a) outputs of another layout in the output folder: refused before any work, naming the files;
+(b) weights pickles that ``weights_only`` refuses: one line naming the file and how to re-save it;
+(c) sizes: config bounds, the parameter bytes a config asks for, unit ids beyond any codebook;
+(d) resume files: a line that is not a complete record is reported with its number, only its file redone;
+(e) OS errors on write: one line naming the path, exit 2, a rerun resumes; a name too long fails its file;
+(f) sampling rates below 1 kHz fail their file.
+The sweep at the end runs every command on a table of such inputs through ``spidr_hf.cli.main``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors import SafetensorError
+
+import spidr_hf.runs
+from spidr_hf import SpidRConfig, SpidRForPreTraining
+from spidr_hf.audio import AudioDecodeError, load_audio
+from spidr_hf.cli import main
+from spidr_hf.evaluation import count_frames, load_features
+from spidr_hf.extract.writers import read_done_ids
+from spidr_hf.model_dir import check_model_fits
+
+MICRO = dict(
+    conv_dim=[16] * 7, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+    num_conv_pos_embedding_groups=4, num_codebooks=2, codebook_size=8, codebook_backend="torch",
+)  # fmt: skip
+MARKER = "pwned.txt"  # what the malicious pickle would create if it ever ran
+
+
+class _Evil:
+    """A pickle that runs code when loaded without ``weights_only``: it writes MARKER into the current folder."""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "micro"
+    SpidRForPreTraining(SpidRConfig(**MICRO)).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def evil_model_dir(tmp_path_factory) -> Path:
+    """A model folder whose only weights are a malicious ``pytorch_model.bin``."""
+    path = tmp_path_factory.mktemp("evil") / "model"
+    SpidRConfig(**MICRO).save_pretrained(path)
+    (path / "pytorch_model.bin").write_bytes(pickle.dumps(_Evil()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def audio_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("audio")
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        sf.write(root / f"{name}.wav", (0.1 * rng.standard_normal(8000)).astype(np.float32), 16000)
+    return root
+
+
+def _huge_config(tmp_path: Path, **values) -> Path:
+    """A config.json of MICRO with ``values``, written as a user would (no validation)."""
+    data = {**SpidRConfig(**MICRO).to_dict(), **values}
+    path = tmp_path / "huge" / "config.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _cli(capsys, *argv) -> tuple[int, str, str]:
+    """Run a command in-process; assert the policy every command keeps: no traceback, exit 2 is one line."""
+    code = main([*map(str, argv)])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "Traceback" not in out
+    if code == 2:
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"spidr-hf {argv[0]}: error: "), err
+    return code, out, err
+
+
+def _listing(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()} if folder.exists() else {}
+
+
+def _extract(model_dir, audio_dir, out, *flags) -> list:
+    return ["extract", model_dir, audio_dir, "--output-dir", out, "--num-workers", "0", "--quiet", *flags]
+
+
+# ------------------------------------------------------------------------------ (a) output layouts
+def test_units_beside_shards_of_another_count_are_refused_before_any_work(model_dir, audio_dir, tmp_path, capsys):
+    out = tmp_path / "units"
+    for shard in ("0/2", "1/2"):
+        assert _cli(capsys, *_extract(model_dir, audio_dir, out, "--units", "head", "--layer", "3", "--shard", shard))[0] == 0
+    before = _listing(out)
+    code, _, err = _cli(capsys, *_extract(model_dir, audio_dir, out, "--units", "head", "--layer", "3"))
+    assert code == 2 and "units.0-of-2.jsonl, units.1-of-2.jsonl" in err and "units.jsonl (a whole run)" in err
+    assert "--output-dir" in err  # the fix
+    code, _, err = _cli(capsys, *_extract(model_dir, audio_dir, out, "--units", "head", "--layer", "3", "--shard", "0/3"))
+    assert code == 2 and "shard 0 of 3" in err
+    assert _listing(out) == before
+
+    whole = tmp_path / "whole"
+    assert _cli(capsys, *_extract(model_dir, audio_dir, whole, "--units", "head", "--layer", "3"))[0] == 0
+    code, _, err = _cli(capsys, *_extract(model_dir, audio_dir, whole, "--units", "head", "--layer", "3", "--shard", "1/2"))
+    assert code == 2 and "(units.jsonl)" in err and not (whole / "units.1-of-2.jsonl").exists()
+
+
+def test_features_units_and_npy_layers_do_not_mix(model_dir, audio_dir, tmp_path, capsys):
+    out = tmp_path / "feats"
+    assert _cli(capsys, *_extract(model_dir, audio_dir, out, "--format", "npy", "--layers", "2,3"))[0] == 0
+    (out / "extraction.json").unlink()  # the layout is read from the file names, not only from the record
+    before = _listing(out)
+    code, _, err = _cli(capsys, *_extract(model_dir, audio_dir, out, "--format", "npy", "--layers", "2"))
+    assert code == 2 and "a.layer2.npy" in err
+    code, _, err = _cli(capsys, *_extract(model_dir, audio_dir, out, "--units", "head", "--layer", "3"))
+    assert code == 2 and "a.layer2.npy" in err
+    assert _listing(out) == before
+
+
+def test_a_foreign_extraction_json_is_refused_not_replaced(model_dir, audio_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "extraction.json").write_text("my notes, not JSON")
+    code, _, err = _cli(capsys, *_extract(model_dir, audio_dir, out))
+    assert code == 2 and "extraction.json is not the record of an extraction" in err
+    assert (out / "extraction.json").read_text() == "my notes, not JSON"
+
+
+# ------------------------------------------------------------------------------ (b) untrusted weights
+def test_a_malicious_pickle_is_named_never_run(evil_model_dir, audio_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    commands = [
+        _extract(evil_model_dir, audio_dir, tmp_path / "out"),
+        ["fit-kmeans", evil_model_dir, audio_dir, "--layer", "2", "--clusters", "2", "--quiet"],
+        ["pretrain", "--model-config", evil_model_dir, "--train-data", audio_dir, "--output-dir", tmp_path / "run",
+         "--max-steps", "1", "--quiet"],
+    ]  # fmt: skip
+    for argv in commands:
+        code, _, err = _cli(capsys, *argv)
+        assert code == 2, err
+        assert f"{evil_model_dir / 'pytorch_model.bin'} is a pickle that torch.load(weights_only=True) refuses" in err
+        assert "safe_serialization=True" in err and "spidr-hf convert" in err
+    assert not (tmp_path / MARKER).exists()
+    pt = tmp_path / "features.pt"
+    pt.write_bytes(pickle.dumps(_Evil()))
+    with pytest.raises(ValueError, match="features.pt is a pickle that torch.load"):
+        load_features(pt)
+    assert not (tmp_path / MARKER).exists()
+
+
+# ------------------------------------------------------------------------------ (c) sizes
+@pytest.mark.parametrize(
+    ("field", "value"), [("hidden_size", 2**31), ("num_hidden_layers", 10**7), ("codebook_size", 10**12)]
+)
+def test_absurd_configs_are_refused_by_their_bound(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be at most"):
+        SpidRConfig(**{**MICRO, field: value})
+
+
+def test_a_config_too_big_for_the_memory_is_refused_with_its_bytes(tmp_path, capsys):
+    big = SpidRConfig(**{**MICRO, "hidden_size": 2**14, "num_attention_heads": 16, "intermediate_size": 2**16,
+                         "num_hidden_layers": 512})  # fmt: skip
+    asked = 4 * big.estimated_num_parameters()
+    with pytest.raises(ValueError, match=f"asks for {asked:,} bytes"):
+        check_model_fits(big, memory_bytes=asked - 1)
+    assert check_model_fits(big, memory_bytes=asked) is big
+    # the estimate is what building allocates, within a few percent
+    micro = SpidRConfig(**MICRO)
+    built = SpidRForPreTraining(micro)
+    actual = sum(t.numel() for t in (*built.parameters(), *built.buffers()))
+    assert abs(micro.estimated_num_parameters() - actual) / actual < 0.05
+
+
+def test_unit_ids_beyond_any_codebook_are_refused_before_counting():
+    with pytest.raises(ValueError, match=r"unit ids up to 999999999999 ask for a count table of 24,000,000,000,000 bytes"):
+        count_frames([("u", ["a", "b"], [0, 10**12 - 1])])
+
+
+# ------------------------------------------------------------------------------ (d) resume files
+def test_every_incomplete_record_is_reported_by_line_and_only_it_is_redone(tmp_path, caplog):
+    path = tmp_path / "units.jsonl"
+    good = [json.dumps({"id": name, "units": [1]}) + "\n" for name in "abcdef"]
+    path.write_text(good[0] + '{"id": "b", "uni\n' + good[2] + "[1, 2]\n" + good[3] + '{"units": [1]}\n' + good[4]
+                    + '{"id": "f", "un')  # fmt: skip
+    with caplog.at_level("WARNING"):
+        assert read_done_ids(path) == {"a", "c", "d", "e"}
+    reported = caplog.text
+    for number, why in [(2, "not JSON"), (4, "a JSON list"), (6, "an object without a string 'id'"), (8, "cut short")]:
+        assert f"line {number} is not a complete record ({why}" in reported
+    assert path.read_text() == good[0] + good[2] + good[3] + good[4]
+    path.write_text(good[0] + good[1][:-3])  # only a cut last line: truncated in place
+    assert read_done_ids(path) == {"a"} and path.read_text() == good[0]
+
+
+def test_a_resumed_extraction_redoes_only_the_bad_lines(model_dir, audio_dir, tmp_path, capsys):
+    out = tmp_path / "units"
+    assert _cli(capsys, *_extract(model_dir, audio_dir, out, "--units", "head", "--layer", "3"))[0] == 0
+    lines = (out / "units.jsonl").read_text().splitlines(keepends=True)
+    (out / "units.jsonl").write_text('"a string"\n' + lines[1] + lines[2])  # a's record replaced by junk
+    code, out_text, _ = _cli(capsys, *_extract(model_dir, audio_dir, out, "--units", "head", "--layer", "3"))
+    assert code == 0 and "1 file(s) written" in out_text and "2 already done" in out_text
+    assert sorted(json.loads(line)["id"] for line in (out / "units.jsonl").read_text().splitlines()) == ["a", "b", "c"]
+
+
+# ------------------------------------------------------------------------------ (e) write errors
+def _full_disk_after(calls: int, monkeypatch, module=spidr_hf.runs, name="save_file", error=None):
+    """Make ``module.name`` write ``calls`` times, then fail as a full disk does."""
+    real, count = getattr(module, name), [0]
+
+    def write(*args, **kwargs):
+        count[0] += 1
+        if count[0] > calls:
+            raise error or SafetensorError(
+                'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+            )
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, write)
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_a_rerun_resumes(model_dir, audio_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "feats"
+    with monkeypatch.context() as patch:
+        _full_disk_after(1, patch)
+        code, _, err = _cli(capsys, *_extract(model_dir, audio_dir, out))
+    assert code == 2 and f"cannot write {out / 'b.safetensors'}: no space left on the device" in err
+    assert "rerun to resume" in err
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".extract")) == ["a.safetensors", "extraction.json"]
+    code, out_text, _ = _cli(capsys, *_extract(model_dir, audio_dir, out))
+    assert code == 0 and "2 file(s) written" in out_text and "1 already done" in out_text
+
+
+def test_a_name_too_long_fails_its_file_not_the_run(model_dir, tmp_path, capsys):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    wave = (0.1 * np.random.default_rng(1).standard_normal(8000)).astype(np.float32)
+    long_name = "x" * 245
+    for name in ("ok", long_name):
+        sf.write(audio / f"{name}.wav", wave, 16000)
+    out = tmp_path / "feats"
+    code, out_text, _ = _cli(capsys, *_extract(model_dir, audio, out))
+    assert code == 0 and "1 file(s) written" in out_text and "1 failed" in out_text
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert failures[0]["path"].endswith(f"{long_name}.wav") and "file name is too long" in failures[0]["error"]
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+
+
+# ------------------------------------------------------------------------------ (f) sampling rates
+def test_a_sampling_rate_below_1khz_fails_its_file(model_dir, audio_dir, tmp_path, capsys):
+    slow = tmp_path / "slow.wav"
+    sf.write(slow, np.zeros(2, np.float32), 1)
+    with pytest.raises(AudioDecodeError, match="sampling rate of 1 Hz, below 1000 Hz"):
+        load_audio(slow)
+    argv = _extract(model_dir, audio_dir / "a.wav", tmp_path / "out", "--units", "head", "--layer", "3")
+    code, out_text, _ = _cli(capsys, *argv[:3], slow, *argv[3:])
+    assert code == 0 and "1 failed" in out_text and "below 1000 Hz" in out_text
