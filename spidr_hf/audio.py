@@ -10,7 +10,6 @@ the same formula as transformers' ``Wav2Vec2FeatureExtractor`` (see :func:`stand
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 from collections.abc import Iterable
@@ -24,6 +23,7 @@ import torchaudio
 
 from .modeling import SAMPLING_RATE
 from .modeling import standardize as _feature_extractor_standardize
+from .runs import missing_reason
 
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".mp3", ".ogg")
 """File name endings (lower case) that :func:`find_audio_files` collects."""
@@ -39,19 +39,6 @@ logger = logging.getLogger(__name__)
 
 class AudioDecodeError(ValueError):
     """An audio file could not be decoded, or holds no usable samples."""
-
-
-def missing_reason(path: str | os.PathLike) -> str:
-    """Why ``path`` cannot be opened, in words: a symbolic link loop, a dangling link, or no such path."""
-    path = Path(path)
-    if path.is_symlink():
-        try:
-            path.stat()
-        except OSError as error:
-            if error.errno == errno.ELOOP:
-                return "is a loop of symbolic links"
-        return f"is a dangling symbolic link (to {os.readlink(path)}, which does not exist)"
-    return "does not exist"
 
 
 def _describe(source: AudioSource) -> str:

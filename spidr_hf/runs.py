@@ -81,6 +81,19 @@ def exclusive_writer(folder: str | os.PathLike, name: str, what: str) -> Iterato
         lock.release()
 
 
+def missing_reason(path: str | os.PathLike) -> str:
+    """Why ``path`` cannot be opened, in words: a symbolic link loop, a dangling link, or no such path."""
+    path = Path(path)
+    if path.is_symlink():
+        try:
+            path.stat()
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                return "is a loop of symbolic links"
+        return f"is a dangling symbolic link (to {os.readlink(path)}, which does not exist)"
+    return "does not exist"
+
+
 def refuse_other_layout(folder: Path, others: Sequence[Path], this: str, fix: str) -> None:
     """Refuse (``ValueError``) to write into ``folder`` when it holds ``others``: earlier outputs of another
     layout, which a run writing ``this`` would not see, so that the folder would hold records twice or mixed."""
@@ -222,6 +235,7 @@ __all__ = [
     "die_with_parent",
     "exclusive_writer",
     "is_per_file_error",
+    "missing_reason",
     "load_safetensors",
     "prepare_output_dir",
     "refuse_other_layout",

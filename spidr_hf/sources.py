@@ -43,13 +43,13 @@ from .audio import (
     AudioSource,
     audio_length,
     load_audio,
-    missing_reason,
     resample,
     resampled_length,
     to_mono,
     walk_audio_files,
 )
 from .modeling import SAMPLING_RATE
+from .runs import missing_reason
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json", ".tsv")
 

@@ -15,13 +15,15 @@ import errno
 import json
 import os
 import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 
 import spidr_hf.runs
 from spidr_hf import SpidRConfig, SpidRForPreTraining
@@ -267,3 +269,175 @@ def test_a_sampling_rate_below_1khz_fails_its_file(model_dir, audio_dir, tmp_pat
     argv = _extract(model_dir, audio_dir / "a.wav", tmp_path / "out", "--units", "head", "--layer", "3")
     code, out_text, _ = _cli(capsys, *argv[:3], slow, *argv[3:])
     assert code == 0 and "1 failed" in out_text and "below 1000 Hz" in out_text
+
+
+# ------------------------------------------------------------------------------ the sweep: every command
+@dataclass
+class Case:
+    """A hostile input or fault for one command: the exit status and a phrase the message must hold."""
+
+    name: str
+    argv: Callable[[dict[str, Path], Path], list]  # (shared inputs, this case's folder) -> the command line
+    code: int
+    says: str
+    setup: Callable[[dict[str, Path], Path], None] | None = None
+    fault: Callable[[pytest.MonkeyPatch], None] | None = None
+    rerun_says: str | None = None  # without the fault, a rerun exits 0 and says this (it resumed)
+
+
+def _shards(env, here):
+    for shard in ("0/2", "1/2"):
+        assert main(list(map(str, _extract(env["model"], env["audio"], here / "out", "--units", "head", "--layer", "3",
+                                           "--shard", shard)))) == 0  # fmt: skip
+
+
+def _units_with_junk(env, here):
+    assert main(list(map(str, _extract(env["model"], env["audio"], here / "out", "--units", "head", "--layer", "3")))) == 0
+    lines = (here / "out" / "units.jsonl").read_text().splitlines(keepends=True)
+    (here / "out" / "units.jsonl").write_text(lines[0] + "[1, 2]\n" + lines[2])
+
+
+def _write_file(name: str, text: str):
+    def setup(env, here):
+        (here / name).parent.mkdir(parents=True, exist_ok=True)
+        (here / name).write_text(text)
+
+    return setup
+
+
+def _full_disk(calls: int, error: OSError | None = None):
+    return lambda patch: _full_disk_after(calls, patch, error=error)
+
+
+def _units_file(unit: int):
+    return _write_file("units.jsonl", json.dumps({"id": "u", "units": [0, unit]}) + "\n")
+
+
+def _config_file(**values):
+    return lambda env, here: _huge_config(here, **values)
+
+
+def _pretrain(*flags):
+    return lambda env, here: ["pretrain", *flags, "--train-data", env["audio"], "--output-dir", here / "run",
+                              "--max-steps", "1", "--quiet"]  # fmt: skip
+
+
+def _units(*flags):
+    return lambda env, here: _extract(env["model"], env["audio"], here / "out", "--units", "head", "--layer", "3", *flags)
+
+
+EXTRACT_CASES = [
+    Case("missing model", lambda env, here: _extract(here / "nope", env["audio"], here / "out"), 2, "does not exist"),
+    Case("malicious pickle", lambda env, here: _extract(env["evil"], env["audio"], here / "out"), 2, "weights_only=True"),
+    Case("absurd config", lambda env, here: _extract(here / "huge", env["audio"], here / "out"), 2,
+         "hidden_size must be at most", setup=_config_file(hidden_size=2**31)),
+    Case("whole run beside shards", _units(), 2, "another layout", setup=_shards),
+    Case("other shard count", _units("--shard", "0/3"), 2, "another layout", setup=_shards),
+    Case("foreign extraction.json", lambda env, here: _extract(env["model"], env["audio"], here / "out"), 2,
+         "not the record of an extraction", setup=_write_file("out/extraction.json", "[]")),
+    Case("symlink loop", lambda env, here: _extract(env["model"], env["loop"], here / "out"), 2, "loop of symbolic links"),
+    Case("1 Hz file", lambda env, here: _extract(env["model"], env["bad_audio"], here / "out", "--units", "head",
+                                                  "--layer", "3"), 0, "below 1000 Hz"),  # fmt: skip
+    Case("name too long", lambda env, here: _extract(env["model"], env["bad_audio"], here / "out"), 0, "too long"),
+    Case("disk full", lambda env, here: _extract(env["model"], env["audio"], here / "out"), 2, "no space left",
+         fault=_full_disk(1), rerun_says="1 already done"),
+    Case("quota exceeded", lambda env, here: _extract(env["model"], env["audio"], here / "out"), 2, "disk quota",
+         fault=_full_disk(0, OSError(errno.EDQUOT, "Disk quota exceeded")), rerun_says="0 already done"),
+    Case("read-only", lambda env, here: _extract(env["model"], env["audio"], here / "out"), 2, "read-only",
+         fault=_full_disk(2, OSError(errno.EROFS, "Read-only file system")), rerun_says="2 already done"),
+    Case("junk resume line", _units(), 0, "1 file(s) written", setup=_units_with_junk),
+]
+OTHER_CASES = [
+    Case("fit-kmeans: malicious pickle", lambda env, here: ["fit-kmeans", env["evil"], env["audio"], "--layer", "2",
+         "--clusters", "2"], 2, "weights_only=True"),  # fmt: skip
+    Case("fit-kmeans: absurd config", lambda env, here: ["fit-kmeans", here / "huge", env["audio"], "--layer", "2",
+         "--clusters", "2"], 2, "num_hidden_layers must be at most", setup=_config_file(num_hidden_layers=10**7)),  # fmt: skip
+    Case("fit-kmeans: symlink loop", lambda env, here: ["fit-kmeans", env["model"], env["loop"], "--layer", "2",
+         "--clusters", "2"], 2, "loop of symbolic links"),  # fmt: skip
+    Case("fit-kmeans: disk full", lambda env, here: ["fit-kmeans", env["model"], env["audio"], "--layer", "2",
+         "--clusters", "2", "--output-dir", here / "km", "--quiet"], 2, "no space left", fault=_full_disk(0),
+         rerun_says="k-means"),  # fmt: skip
+    Case("baseline: symlink loop", lambda env, here: ["baseline", env["loop"], "--clusters", "2", "--output-dir",
+         here / "out"], 2, "loop of symbolic links"),  # fmt: skip
+    Case("baseline: 1 Hz file", lambda env, here: ["baseline", env["bad_audio"] / "slow.wav", "--clusters", "2",
+         "--output-dir", here / "out"], 2, "below 1000 Hz"),  # fmt: skip
+    Case("baseline: disk full", lambda env, here: ["baseline", env["audio"], "--clusters", "2", "--output-dir",
+         here / "out"], 2, "no space left", fault=_full_disk(0), rerun_says="units of 3 file(s)"),  # fmt: skip
+    Case("evaluate: unit id 10**12", lambda env, here: ["evaluate", "--alignments", here / "alignments.jsonl",
+         "--units", here / "units.jsonl", "--output-dir", here / "eval"], 2, "count table of",
+         setup=lambda env, here: (_units_file(10**12)(env, here), _write_file(
+             "alignments.jsonl", json.dumps({"id": "u", "phones": ["a", "b"]}) + "\n")(env, here))),  # fmt: skip
+    Case("evaluate: symlink loop units", lambda env, here: ["evaluate", "--alignments", env["loop"], "--units",
+         env["loop"], "--output-dir", here / "eval"], 2, "loop of symbolic links"),  # fmt: skip
+    Case("pretrain: 10**7 layers", _pretrain("--model-config", "CONFIG"), 2, "num_hidden_layers must be at most",
+         setup=_config_file(num_hidden_layers=10**7)),
+    Case("pretrain: hidden_size 2**31", _pretrain("--model-config", "CONFIG"), 2, "hidden_size must be at most",
+         setup=_config_file(hidden_size=2**31)),
+    Case("pretrain: codebook_size 10**12", _pretrain("--model-config", "CONFIG"), 2, "codebook_size must be at most",
+         setup=_config_file(codebook_size=10**12)),
+    Case("pretrain: more bytes than the machine", _pretrain("--model-config", "CONFIG"), 2, "bytes",
+         setup=_config_file(hidden_size=2**16, num_attention_heads=16, intermediate_size=2**18, num_hidden_layers=1024,
+                            num_conv_pos_embedding_groups=16)),  # fmt: skip
+    Case("pretrain: malicious pickle", lambda env, here: _pretrain("--model-config", env["evil"])(env, here), 2,
+         "weights_only=True"),
+    Case("convert: malicious pickle", lambda env, here: ["convert", env["evil"] / "pytorch_model.bin", here / "out"], 2,
+         "safe_serialization=True"),
+    Case("convert: symlink loop", lambda env, here: ["convert", env["loop"], here / "out"], 2, "loop of symbolic links"),
+    Case("synth-corpus: output is a file", lambda env, here: ["synth-corpus", here / "file", "--minutes", "0.01"], 2,
+         "file", setup=_write_file("file", "x")),
+    Case("demo: output is a file", lambda env, here: ["demo", "--output-dir", here / "file", "--smoke"], 2, "file",
+         setup=_write_file("file", "x")),
+]
+CASES = EXTRACT_CASES + OTHER_CASES
+
+
+def _complete_outputs(folder: Path) -> None:
+    """Nothing half-written: no temporary file, every safetensors/JSON/JSONL output reads whole."""
+    for path in folder.rglob("*"):
+        assert ".tmp" not in path.name, f"a temporary file was left: {path}"
+        if path.is_symlink() or not path.is_file():
+            continue
+        if path.suffix == ".safetensors":
+            safe_open(str(path), "pt").keys()
+        elif path.suffix == ".jsonl":
+            for line in path.read_text().splitlines():
+                json.loads(line)
+
+
+@pytest.fixture(scope="module")
+def sweep_inputs(model_dir, evil_model_dir, audio_dir, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("hostile")
+    (root / "loop").symlink_to(root / "loop")
+    bad = root / "bad_audio"
+    bad.mkdir()
+    wave = (0.1 * np.random.default_rng(2).standard_normal(8000)).astype(np.float32)
+    sf.write(bad / "ok.wav", wave, 16000)
+    sf.write(bad / f"{'x' * 245}.wav", wave, 16000)
+    sf.write(bad / "slow.wav", np.zeros(2, np.float32), 1)
+    return {"model": model_dir, "evil": evil_model_dir, "audio": audio_dir, "bad_audio": bad, "loop": root / "loop"}
+
+
+@pytest.mark.slow
+def test_every_command_holds_on_hostile_inputs(sweep_inputs, tmp_path, capsys, monkeypatch):
+    """Each case: no traceback, exit 2 in one line (or 0 with the failure listed), nothing half-written, and
+    where a fault stopped the run, a rerun without it resumes."""
+    monkeypatch.chdir(tmp_path)  # where the malicious pickle would write its marker
+    for number, case in enumerate(CASES):
+        here = tmp_path / f"case{number}"
+        here.mkdir()
+        if case.setup is not None:
+            case.setup(sweep_inputs, here)
+            capsys.readouterr()
+        argv = [here / "huge" if arg == "CONFIG" else arg for arg in case.argv(sweep_inputs, here)]
+        with monkeypatch.context() as patch:
+            if case.fault is not None:
+                case.fault(patch)
+            code, out, err = _cli(capsys, *argv)
+        assert (code, case.says in out + err) == (case.code, True), f"{case.name}: exit {code}\n{out}\n{err}"
+        _complete_outputs(here)
+        if case.rerun_says is not None:
+            code, out, err = _cli(capsys, *argv)
+            assert code == 0 and case.rerun_says in out + err, f"{case.name} (rerun): exit {code}\n{out}\n{err}"
+            _complete_outputs(here)
+    assert not (tmp_path / MARKER).exists()
+    assert len(CASES) >= 30

@@ -9,7 +9,7 @@ from pathlib import Path
 from spidr_hf import evaluation as ev
 from spidr_hf.commands import CommandParser, apply_output_flags, command, positive_int
 from spidr_hf.errors import UsageError
-from spidr_hf.runs import prepare_output_dir
+from spidr_hf.runs import missing_reason, prepare_output_dir
 
 DESCRIPTION = "unit quality against phone alignments (purity, PNMI, perplexity, bitrate) and ABX"
 
@@ -61,7 +61,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     for flag in ("alignments", "units", "abx_item", "features"):
         path = getattr(args, flag)
         if path is not None and not Path(path).exists():
-            raise UsageError(f"--{flag.replace('_', '-')} {path} does not exist.")
+            raise UsageError(f"--{flag.replace('_', '-')} {path} {missing_reason(path)}.")
 
 
 def _phone_order(args: argparse.Namespace) -> list[str] | None:
