@@ -271,6 +271,15 @@ def test_a_sampling_rate_below_1khz_fails_its_file(model_dir, audio_dir, tmp_pat
     assert code == 0 and "1 failed" in out_text and "below 1000 Hz" in out_text
 
 
+def test_missing_audio_and_link_loops_are_named_as_such(tmp_path):
+    loop = tmp_path / "loop.wav"
+    loop.symlink_to(loop)
+    with pytest.raises(AudioDecodeError, match="loop.wav is a loop of symbolic links"):
+        load_audio(loop)
+    with pytest.raises(AudioDecodeError, match="nope.wav does not exist"):  # libsndfile said "System error"
+        load_audio(tmp_path / "nope.wav")
+
+
 # ------------------------------------------------------------------------------ the sweep: every command
 @dataclass
 class Case:

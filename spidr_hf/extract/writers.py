@@ -172,6 +172,7 @@ def shard_suffix(shard: tuple[int, int]) -> str:
 
 _SHARD_UNITS = re.compile(r"^units\.(\d+)-of-(\d+)\.jsonl$")
 _LAYER_NPY = re.compile(r"\.layer(\d+)\.npy$")
+# k-means files (kmeans_layer<L>_k<K>.safetensors, kmeans_<kind>_k<K>.safetensors) may share a folder with units
 
 
 def check_layout(out: Path, options: ExtractionOptions) -> None:
@@ -183,7 +184,7 @@ def check_layout(out: Path, options: ExtractionOptions) -> None:
     count = options.shard[1]
     mine = f"units{shard_suffix(options.shard)}.jsonl"
     units = [p for p in out.glob("units*.jsonl") if p.is_file() and p.stat().st_size > 0]
-    features = [p for p in out.rglob("*") if p.suffix in (".safetensors", ".npy") and not p.name.startswith(".")]
+    features = [p for p in out.rglob("*") if p.suffix in (".safetensors", ".npy") and not p.name.startswith((".", "kmeans_"))]
     if options.units:
         this = f"{mine} ({'shard ' + str(options.shard[0]) + ' of ' + str(count) if count > 1 else 'a whole run'})"
         others = [p for p in units if p.name != mine and not _same_sharding(p.name, count)] + features
