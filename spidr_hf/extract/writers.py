@@ -186,7 +186,7 @@ def check_layout(out: Path, options: ExtractionOptions) -> None:
     units = [p for p in out.glob("units*.jsonl") if p.is_file() and p.stat().st_size > 0]
     features = [p for p in out.rglob("*") if p.suffix in (".safetensors", ".npy") and not p.name.startswith((".", "kmeans_"))]
     if options.units:
-        this = f"{mine} ({'shard ' + str(options.shard[0]) + ' of ' + str(count) if count > 1 else 'a whole run'})"
+        this = f"{mine} ({f'shard {options.shard[0]} of {count}' if count > 1 else 'a whole run'})"
         others = [p for p in units if p.name != mine and not _same_sharding(p.name, count)] + features
     else:
         this = f"{options.output_format} features"
