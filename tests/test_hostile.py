@@ -163,6 +163,23 @@ def test_a_malicious_pickle_is_named_never_run(evil_model_dir, audio_dir, tmp_pa
     assert not (tmp_path / MARKER).exists()
 
 
+@pytest.mark.slow
+def test_a_checkpoint_state_that_is_a_pickle_is_refused_on_resume(tmp_path, capsys, monkeypatch):
+    from pretrain_worker import micro_config, write_speechlike_corpus  # tests/ is on sys.path under pytest
+
+    monkeypatch.chdir(tmp_path)
+    data = write_speechlike_corpus(tmp_path / "data", 2)[0].parent
+    micro_config().to_json_file(tmp_path / "micro.json")
+    common = ["pretrain", "--model-config", tmp_path / "micro.json", "--train-data", data, "--output-dir",
+              tmp_path / "out", "--save-steps", "1", "--report-to", "none", "--per-device-max-batch-samples", "32000",
+              "--max-samples", "16000", "--quiet"]  # fmt: skip
+    assert _cli(capsys, *common, "--max-steps", "1")[0] == 0
+    torch.save({"state": _Evil()}, tmp_path / "out" / "checkpoint-1" / "optimizer.pt")
+    code, _, err = _cli(capsys, *common, "--max-steps", "2", "--resume-from-checkpoint", "last")
+    assert code == 2 and "checkpoint-1: one of its states" in err and "weights_only=True) refuses" in err
+    assert not (tmp_path / MARKER).exists()
+
+
 # ------------------------------------------------------------------------------ (c) sizes
 @pytest.mark.parametrize(
     ("field", "value"), [("hidden_size", 2**31), ("num_hidden_layers", 10**7), ("codebook_size", 10**12)]

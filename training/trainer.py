@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import shutil
 from collections.abc import Iterator, Sequence
 from functools import partial
@@ -418,7 +419,14 @@ class SpidRPretrainer(Trainer):
             problem = checkpoint_problem(resume_from_checkpoint, require_optimizer)
             if problem is not None:
                 raise ValueError(f"cannot resume from {resume_from_checkpoint}: {problem}.")
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        try:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        except pickle.UnpicklingError as error:  # a checkpoint's optimizer, scheduler or RNG state
+            raise ValueError(
+                f"cannot resume from {resume_from_checkpoint}: one of its states (optimizer.pt, scheduler.pt, "
+                "rng_state*.pth) is a pickle that torch.load(weights_only=True) refuses; loading it otherwise could "
+                "run any code in it. Resume from a checkpoint a run of this package wrote, or start afresh."
+            ) from error
 
     def _get_output_dir(self, trial: Any) -> str:
         run_dir = super()._get_output_dir(trial)
