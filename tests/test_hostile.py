@@ -164,7 +164,7 @@ def test_a_malicious_pickle_is_named_never_run(evil_model_dir, audio_dir, tmp_pa
 
 
 @pytest.mark.slow
-def test_a_checkpoint_state_that_is_a_pickle_is_refused_on_resume(tmp_path, capsys, monkeypatch):
+def test_pretrain_checkpoints_on_a_full_disk_and_pickled_states(tmp_path, capsys, monkeypatch):
     from pretrain_worker import micro_config, write_speechlike_corpus  # tests/ is on sys.path under pytest
 
     monkeypatch.chdir(tmp_path)
@@ -174,9 +174,25 @@ def test_a_checkpoint_state_that_is_a_pickle_is_refused_on_resume(tmp_path, caps
               tmp_path / "out", "--save-steps", "1", "--report-to", "none", "--per-device-max-batch-samples", "32000",
               "--max-samples", "16000", "--quiet"]  # fmt: skip
     assert _cli(capsys, *common, "--max-steps", "1")[0] == 0
-    torch.save({"state": _Evil()}, tmp_path / "out" / "checkpoint-1" / "optimizer.pt")
-    code, _, err = _cli(capsys, *common, "--max-steps", "2", "--resume-from-checkpoint", "last")
-    assert code == 2 and "checkpoint-1: one of its states" in err and "weights_only=True) refuses" in err
+    real_save = torch.save
+
+    def full_disk_at_checkpoint_2(obj, path, *args, **kwargs):
+        if "checkpoint-2" in str(path):
+            raise RuntimeError("basic_ios::clear: iostream error")  # what torch.save says on a full disk
+        return real_save(obj, path, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", full_disk_at_checkpoint_2)
+        code, _, err = _cli(capsys, *common, "--max-steps", "2", "--resume-from-checkpoint", "last")
+    assert code == 2 and "checkpoint-2: torch.save failed" in err and "rerun to resume" in err
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-1"]
+
+    assert _cli(capsys, *common, "--max-steps", "2", "--resume-from-checkpoint", "last")[0] == 0  # resumes
+    assert json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
+
+    real_save({"state": _Evil()}, tmp_path / "out" / "checkpoint-2" / "optimizer.pt")
+    code, _, err = _cli(capsys, *common, "--max-steps", "3", "--resume-from-checkpoint", "last")
+    assert code == 2 and "checkpoint-2: one of its states" in err and "weights_only=True) refuses" in err
     assert not (tmp_path / MARKER).exists()
 
 
