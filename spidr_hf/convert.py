@@ -71,7 +71,7 @@ def load_reference_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(str(untrusted_pickle_error(path, err))) from err
+        raise CheckpointError(str(untrusted_pickle_error(path))) from err
     except Exception as err:  # pickle errors come in many types
         raise CheckpointError(
             f"{path} could not be read as a PyTorch checkpoint with weights_only=True ({err}). "

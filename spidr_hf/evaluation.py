@@ -448,7 +448,7 @@ def load_features(path: str | Path, key: str | None = None):
         try:
             tensor = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
-            raise untrusted_pickle_error(path, error) from error
+            raise untrusted_pickle_error(path) from error
     return tensor.float()
 
 

@@ -236,7 +236,7 @@ def from_pretrained(cls: type, source: str | os.PathLike, **kwargs: Any) -> Any:
     try:
         return cls.from_pretrained(source, **kwargs)
     except pickle.UnpicklingError as error:
-        raise untrusted_pickle_error(weights_file(source), error) from error
+        raise untrusted_pickle_error(weights_file(source)) from error
 
 
 def machine_memory_bytes() -> int:

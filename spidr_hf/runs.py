@@ -153,7 +153,7 @@ class UntrustedPickleError(ValueError):
     """A pickle of weights that ``torch.load(weights_only=True)`` refuses (see :func:`untrusted_pickle_error`)."""
 
 
-def untrusted_pickle_error(path: str | os.PathLike, error: BaseException | None = None) -> UntrustedPickleError:
+def untrusted_pickle_error(path: str | os.PathLike) -> UntrustedPickleError:
     """The error for a pickle of weights that ``torch.load(weights_only=True)`` refuses: it names the file
     and how to re-save it as safetensors (never to load it otherwise unless its source is trusted)."""
     return UntrustedPickleError(
