@@ -259,6 +259,27 @@ class SpidRConfig(PretrainedConfig):
             raise ValueError(f"ema_schedule must be 'spidr' or 'dinosr', got {self.ema_schedule!r}.")
         if self.codebook_backend not in {"auto", "triton", "torch"}:
             raise ValueError(f"codebook_backend must be 'auto', 'triton' or 'torch', got {self.codebook_backend!r}.")
+        for name, bound in _UPPER_BOUNDS.items():
+            values = getattr(self, name)
+            if max(values if isinstance(values, list) else [values]) > bound:
+                raise ValueError(
+                    f"{name} must be at most {bound} (a sanity bound; larger models do not fit in any machine's "
+                    f"memory), got {values!r}."
+                )
+
+    def estimated_num_parameters(self) -> int:
+        """About how many parameters the pretraining model has (student, teacher, heads, codebooks), from
+        the config alone: what building it would allocate, known before allocating."""
+        h, ffn = self.hidden_size, self.intermediate_size
+        channels = [1, *self.conv_dim]
+        conv = sum(c_in * c_out * k + 3 * c_out for c_in, c_out, k in zip(channels[:-1], channels[1:], self.conv_kernel, strict=True))
+        projection = 2 * channels[-1] + channels[-1] * h + h
+        positional = self.num_conv_pos_embedding_layers * (h * h // self.num_conv_pos_embedding_groups * self.pos_conv_kernel + h)
+        layer = 4 * (h * h + h) + 2 * h * ffn + ffn + h + 4 * h
+        encoder = positional + self.num_hidden_layers * layer + 2 * h
+        heads = self.num_codebooks * (h * self.codebook_size + self.codebook_size)
+        codebooks = self.num_codebooks * self.codebook_size * (h + 1)
+        return conv + projection + 2 * encoder + heads + codebooks + h
 
     @property
     def num_feat_extract_layers(self) -> int:
@@ -347,6 +368,11 @@ _POSITIVE_INTS = (
     "ema_final_step",
 )  # fmt: skip
 _STEPS = ("ema_frozen_step", "freeze_feature_encoder_step")
+_UPPER_BOUNDS = {
+    "hidden_size": 2**16, "intermediate_size": 2**18, "num_hidden_layers": 1024, "num_attention_heads": 1024,
+    "codebook_size": 2**20, "num_conv_pos_embeddings": 4096, "num_conv_pos_embedding_layers": 64,
+    "conv_dim": 2**16, "conv_kernel": 4096, "conv_stride": 4096,
+}  # fmt: skip
 _FRACTIONS = (
     "feat_proj_dropout", "hidden_dropout", "attention_dropout", "activation_dropout", "layerdrop",
     "codebook_decay", "ema_start_decay", "ema_final_decay",

@@ -23,11 +23,16 @@ import torchaudio
 
 from .modeling import SAMPLING_RATE
 from .modeling import standardize as _feature_extractor_standardize
+from .runs import missing_reason
 
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".mp3", ".ogg")
 """File name endings (lower case) that :func:`find_audio_files` collects."""
 
 AudioSource = str | os.PathLike | BinaryIO
+
+MIN_SAMPLING_RATE = 1000
+"""The lowest sampling rate accepted (Hz): below it a header is wrong, not speech, and resampling would
+blow a few samples up into millions."""
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +58,23 @@ def resampled_length(num_samples: int, orig_rate: int, target_rate: int) -> int:
     return -(-int(num_samples) * int(target_rate) // int(orig_rate))
 
 
-def resample(wave: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
-    """Resample a 1-D float waveform with :func:`torchaudio.functional.resample` (windowed sinc)."""
+def check_sampling_rate(rate: int, name: str) -> int:
+    """``rate``, or an ``AudioDecodeError`` naming ``name`` when it is below :data:`MIN_SAMPLING_RATE` (a
+    per-file failure: the run goes on with the other files)."""
+    if not rate >= MIN_SAMPLING_RATE:
+        raise AudioDecodeError(
+            f"audio file {name} has a sampling rate of {rate} Hz, below {MIN_SAMPLING_RATE} Hz: its header is wrong "
+            "(speech needs several kHz); re-encode it at its real rate."
+        )
+    return rate
+
+
+def resample(wave: np.ndarray, orig_rate: int, target_rate: int, name: str = "audio") -> np.ndarray:
+    """Resample a 1-D float waveform with :func:`torchaudio.functional.resample` (windowed sinc); a rate
+    below :data:`MIN_SAMPLING_RATE` is refused (``AudioDecodeError`` naming ``name``)."""
     if orig_rate == target_rate:
         return wave
+    check_sampling_rate(orig_rate, name)
     resampled = torchaudio.functional.resample(
         torch.from_numpy(np.ascontiguousarray(wave)), orig_rate, target_rate
     )
@@ -94,13 +112,15 @@ def _read(source: AudioSource, start: int, stop: int | None) -> tuple[np.ndarray
 
 def _header(source: AudioSource, what: str) -> tuple[int, int]:
     """``(frames, sampling rate)`` from the header of ``source`` (a file object is rewound afterwards)."""
+    if isinstance(source, str | os.PathLike) and not os.path.exists(source):  # libsndfile says "System error"
+        raise AudioDecodeError(f"audio file {source} {missing_reason(source)}.")
     try:
         info = sf.info(source)
     except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
         raise AudioDecodeError(f"cannot {what} audio file {_describe(source)}: {err}") from err
     if hasattr(source, "seek"):
         source.seek(0)  # sf.info consumed the header of the file object
-    return int(info.frames), int(info.samplerate)
+    return int(info.frames), check_sampling_rate(int(info.samplerate), _describe(source))
 
 
 def _file_rate(source: AudioSource) -> int:
@@ -144,7 +164,7 @@ def load_audio(
     else:
         # the window is defined at the target rate, so decode everything, resample, then slice
         samples, _ = _read(path, 0, None)
-        wave = resample(to_mono(samples, mono, name=name), rate, sampling_rate)[start:stop]
+        wave = resample(to_mono(samples, mono, name=name), rate, sampling_rate, name)[start:stop]
     if wave.size == 0:
         raise AudioDecodeError(f"audio file {name} contains no samples (in the window [{start}, {stop})).")
     if not np.isfinite(wave).all():
@@ -172,8 +192,10 @@ def walk_audio_files(
     second link to a folder, a dangling link, a folder that cannot be listed.
     """
     root = Path(root)
+    if not root.exists():
+        raise NotADirectoryError(f"audio folder {root} {missing_reason(root)}.")
     if not root.is_dir():
-        raise NotADirectoryError(f"audio folder {root} does not exist or is not a folder.")
+        raise NotADirectoryError(f"audio folder {root} is not a folder.")
     wanted = tuple(ext.lower() for ext in extensions)
     files: list[Path] = []
     problems: list[tuple[str, str]] = []

@@ -27,7 +27,7 @@ import torch
 import torchaudio
 
 from .modeling import FrameGeometry
-from .runs import load_safetensors, save_safetensors
+from .runs import atomic_write, load_safetensors, save_safetensors
 from .units import fit_kmeans
 
 FEATURES = ("logmel", "mfcc")
@@ -138,7 +138,8 @@ class BaselineQuantizer:
             "conv_stride": json.dumps(list(self.geometry.conv_stride)),
             "sampling_rate": str(self.geometry.sampling_rate),
         }
-        save_safetensors({"centroids": self.centroids.contiguous()}, path, metadata)
+        centroids = {"centroids": self.centroids.contiguous()}
+        atomic_write(path, lambda tmp: save_safetensors(centroids, tmp, metadata))  # a full disk leaves no half file
         return path
 
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 
 from .model_dir import save_pretrained_with_code, write_model_card
 from .modeling import SpidRConfig, SpidRForPreTraining
-from .runs import prepare_output_dir
+from .runs import missing_reason, prepare_output_dir, untrusted_pickle_error
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +66,12 @@ def load_reference_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     ``{"model": state_dict}``, a training checkpoint with optimizer state, or a DDP one."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}.")
+        why = ": it is a folder" if path.is_dir() else f": it {missing_reason(path)}" if path.is_symlink() else ""
+        raise FileNotFoundError(f"No checkpoint at {path}{why}.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(str(untrusted_pickle_error(path))) from err
     except Exception as err:  # pickle errors come in many types
         raise CheckpointError(
             f"{path} could not be read as a PyTorch checkpoint with weights_only=True ({err}). "

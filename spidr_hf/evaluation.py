@@ -29,6 +29,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import pickle
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from typing import IO, Any
 import numpy as np
 
 from .modeling import FrameGeometry
-from .runs import atomic_write
+from .runs import atomic_write, untrusted_pickle_error
 from .units import deduplicate
 
 SILENCE = "SIL"
@@ -50,6 +51,7 @@ ID_KEYS = ("id", "name")  # "name": the SpidR paper's published files
 PHONE_TIER = "phones"  # the Montreal Forced Aligner's phone tier
 TEXTGRID_RATE = 100  # frames per second read from a TextGrid: 10 ms, the paper's and aligners' frame shift
 ALIGNER_SILENCES = frozenset({"", "sil", "sp"})  # aligners' silence labels (lower case), read as SILENCE
+MAX_UNITS = 2**20  # the largest codebook SpidRConfig accepts; k-means codebooks are far smaller
 
 
 # --------------------------------------------------------------------------- reading
@@ -317,6 +319,12 @@ def count_frames(
     if all_units.min() < 0:
         raise ValueError(f"units must be non-negative codeword indices, found {int(all_units.min())}")
     size = int(all_units.max()) + 1 if codebook_size is None else codebook_size
+    if size > MAX_UNITS:  # the count table has a row per phone and a column per unit: refuse before allocating
+        asked = 8 * size * (len({p for _, ph, _ in pairs for p in ph}) + 1)
+        raise ValueError(
+            f"unit ids up to {size - 1} ask for a count table of {asked:,} bytes; unit ids must be below {MAX_UNITS} "
+            "(codebook indices): check that the units file holds codebook indices."
+        )
     if all_units.max() >= size:
         raise ValueError(f"unit {int(all_units.max())} is outside the codebook of size {size}")
     labels = list(chain.from_iterable(ph for _, ph, _ in pairs))
@@ -589,7 +597,10 @@ def load_features(path: str | Path, key: str | None = None):
     elif path.suffix == ".npy":
         tensor = torch.from_numpy(np.load(path))
     else:
-        tensor = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            tensor = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise untrusted_pickle_error(path) from error
     return tensor.float()
 
 

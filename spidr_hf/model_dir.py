@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from safetensors import SafetensorError
 from transformers.dynamic_module_utils import get_relative_import_files
 
 from . import modeling
 from .modeling import SpidRConfig, SpidRFeatureExtractor, SpidRForPreTraining
+from .runs import untrusted_pickle_error, write_failure
 
 # What `trust_remote_code=True` loads from a saved directory, without this package.
 AUTO_MAP = {
@@ -39,10 +43,14 @@ def remote_code_files() -> list[Path]:
 
 
 def save_pretrained_with_code(model: SpidRForPreTraining, out_dir: str | Path) -> None:
-    """`save_pretrained` (safetensors) plus the feature extractor and the remote-code files."""
+    """`save_pretrained` (safetensors) plus the feature extractor and the remote-code files; an OS error
+    (disk full, read-only ...) is raised as one line naming the folder (`spidr_hf.runs.write_failure`)."""
     out_dir = Path(out_dir)
     model.config.auto_map = dict(AUTO_MAP)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    try:
+        model.save_pretrained(out_dir, safe_serialization=True)
+    except (OSError, SafetensorError) as error:  # safetensors' error of a full disk is no OSError
+        raise write_failure(out_dir / "model.safetensors", error) from error
     SpidRFeatureExtractor().save_pretrained(out_dir)
     for path in remote_code_files():
         shutil.copyfile(path, out_dir / path.name)
@@ -197,11 +205,11 @@ def check_model_source(model: str | os.PathLike) -> str:
     A path that does not exist locally goes to the Hub only when it reads as a Hub repository id
     (`org/name`, no local folder `org`); anything else is a missing folder, reported at once
     (`FileNotFoundError`) instead of after the Hub client's retries. A folder must hold a SpidR
-    `config.json` and weights (`ValueError` otherwise).
+    `config.json` whose model fits in memory (`check_model_fits`) and weights (`ValueError` otherwise).
     """
     path = Path(model)
     if path.is_dir():
-        read_spidr_config(path)
+        check_model_fits(read_spidr_config(path))
         if not any((path / name).is_file() for name in _WEIGHT_FILES):
             raise ValueError(
                 f"model folder {path} has no weights ({_WEIGHT_FILES[0]}): give a folder written by "
@@ -214,3 +222,40 @@ def check_model_source(model: str | os.PathLike) -> str:
     if _HUB_ID.match(text) and not Path(text.split("/")[0]).exists():
         return text
     raise FileNotFoundError(f"model folder {path} does not exist.")
+
+
+def weights_file(model: str | os.PathLike) -> str:
+    """The weights file a model folder holds (the first of transformers' names), else the folder itself."""
+    path = Path(model)
+    return next((str(path / name) for name in _WEIGHT_FILES if (path / name).is_file()), str(model))
+
+
+def from_pretrained(cls: type, source: str | os.PathLike, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(source, **kwargs)``, with a pickle of weights that ``weights_only`` refuses
+    reported as a ``ValueError`` naming the file and how to re-save it as safetensors (no traceback)."""
+    try:
+        return cls.from_pretrained(source, **kwargs)
+    except pickle.UnpicklingError as error:
+        raise untrusted_pickle_error(weights_file(source)) from error
+
+
+def machine_memory_bytes() -> int:
+    """The physical memory of this machine, in bytes (0 where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_model_fits(config: SpidRConfig, memory_bytes: int | None = None) -> SpidRConfig:
+    """``config``, after checking that its model's float32 parameters fit in ``memory_bytes`` (this
+    machine's memory by default): a ``ValueError`` with the number of bytes it asks for, before building."""
+    memory = machine_memory_bytes() if memory_bytes is None else memory_bytes
+    asked = 4 * config.estimated_num_parameters()
+    if memory and asked > memory:
+        raise ValueError(
+            f"this configuration's model has about {asked // 4:,} parameters: building it asks for {asked:,} bytes "
+            f"({asked / 2**30:,.1f} GiB) of float32 weights, more than this machine's {memory:,} bytes of memory. "
+            "Give a smaller hidden_size, intermediate_size, num_hidden_layers or codebook_size."
+        )
+    return config

@@ -49,6 +49,7 @@ from .audio import (
     walk_audio_files,
 )
 from .modeling import SAMPLING_RATE
+from .runs import missing_reason
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json", ".tsv")
 
@@ -96,7 +97,7 @@ def decode_cell(
         return load_audio(encoded_source(cell, name), sampling_rate, mono)
     array = np.asarray(cell["array"], dtype=np.float32)
     wave = to_mono(array.T if array.ndim == 2 else array, mono, name=name)  # datasets stores (channels, frames)
-    return resample(wave, int(cell["sampling_rate"]), sampling_rate)
+    return resample(wave, int(cell["sampling_rate"]), sampling_rate, name)
 
 
 def cell_length(cell: Mapping[str, Any], sampling_rate: int = SAMPLING_RATE, name: str = "audio") -> int:
@@ -407,7 +408,7 @@ def collect_inputs(inputs: Sequence[str | os.PathLike], audio_column: str = "aud
         elif path.is_file():
             collected.items.append(AudioItem(str(path), id=_strip_extension(path.name)))
         elif not path.exists():
-            raise FileNotFoundError(f"input {path} does not exist.")
+            raise FileNotFoundError(f"input {path} {missing_reason(path)}.")
         else:
             raise FileNotFoundError(
                 f"input {path} is neither an audio file, a folder, a manifest nor a saved dataset."

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .modeling import PADDING_UNIT, codebook_assign, masked_instance_norm
-from .runs import load_safetensors, save_safetensors
+from .runs import atomic_write, load_safetensors, save_safetensors
 
 REPRESENTATIONS = ("hidden_state", "before_residual")
 """``hidden_state``: a layer's post-LayerNorm output; ``before_residual``: its FFN output before the residual add."""
@@ -347,7 +347,8 @@ class KMeansQuantizer:
         path.parent.mkdir(parents=True, exist_ok=True)
         metadata = {"layer": str(self.layer), "representation": self.representation, "k": str(self.k),
                     "info": json.dumps(self.info)}  # fmt: skip
-        save_safetensors({"centroids": self.centroids.detach().float().cpu().contiguous()}, path, metadata)
+        centroids = {"centroids": self.centroids.detach().float().cpu().contiguous()}
+        atomic_write(path, lambda tmp: save_safetensors(centroids, tmp, metadata))  # a full disk leaves no half file
         return path
 
     @classmethod

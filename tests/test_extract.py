@@ -390,7 +390,10 @@ def test_a_second_writer_of_a_shard_is_refused(model_dir, audio_dir, tmp_path, c
         with exclusive_writer(out, "extract.1-of-2", "shard 1/2"):  # other shards are not blocked
             assert _run(model_dir, audio_dir, "--output-dir", out, "--units", "head", "--layer", "3",
                         "--shard", "0/2") == 0  # fmt: skip
-    assert _run(model_dir, audio_dir / "a.wav", "--output-dir", out, "--units", "head", "--layer", "3") == 0
+    capsys.readouterr()
+    # a whole run beside the shards would write their ids again: refused (tests/test_hostile.py)
+    assert _run(model_dir, audio_dir / "a.wav", "--output-dir", out, "--units", "head", "--layer", "3") == 2
+    assert "holds outputs of another layout (units.0-of-2.jsonl)" in capsys.readouterr().err
 
 
 def test_outputs_are_byte_identical_across_runs(model_dir, audio_dir, tmp_path):

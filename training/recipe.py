@@ -23,7 +23,7 @@ from typing import Any
 
 from spidr_hf.modeling import SAMPLING_RATE, SpidRConfig, SpidRForPreTraining
 
-from spidr_hf.model_dir import read_spidr_config
+from spidr_hf.model_dir import check_model_fits, from_pretrained, read_spidr_config, weights_file
 
 BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
     # The paper's recipe: exactly the defaults of SpidRTrainingArguments (400k steps, 3.8M samples per GPU).
@@ -118,16 +118,16 @@ def load_pretraining_model(model_config: str, config_overrides: str | None = Non
         config = SpidRConfig()
     elif model_config == "tiny":
         config = SpidRConfig.tiny()
-    elif path.is_dir() and any((path / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
-        config = _with_overrides(read_spidr_config(path), config_overrides)
-        return SpidRForPreTraining.from_pretrained(path, config=config)
+    elif path.is_dir() and weights_file(path) != str(path):
+        config = check_model_fits(_with_overrides(read_spidr_config(path), config_overrides))
+        return from_pretrained(SpidRForPreTraining, path, config=config)
     elif (path / "config.json").is_file() or path.is_file():
         config = read_spidr_config(path)
     else:
         raise FileNotFoundError(
             f"--model_config {model_config!r} is neither 'base', 'tiny', a config.json nor a model directory."
         )
-    return SpidRForPreTraining(_with_overrides(config, config_overrides))
+    return SpidRForPreTraining(check_model_fits(_with_overrides(config, config_overrides)))
 
 
 def _with_overrides(config: SpidRConfig, overrides: str | None) -> SpidRConfig:

@@ -24,8 +24,10 @@ expected to work: the EMA and the codebook update read full (unsharded) paramete
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import pickle
 import shutil
 from collections.abc import Iterator, Sequence
 from functools import partial
@@ -35,6 +37,7 @@ from typing import Any
 
 import torch
 from accelerate.utils import extract_model_from_parallel
+from safetensors import SafetensorError
 from spidr_hf.modeling import SAMPLING_RATE, SpidRConfig, SpidRFeatureExtractor, SpidRForPreTraining
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
@@ -46,7 +49,7 @@ from transformers.training_args import ParallelMode
 
 from spidr_hf.model_dir import save_pretrained_with_code, write_model_card
 from spidr_hf.progress import progress_bar
-from spidr_hf.runs import die_with_parent
+from spidr_hf.runs import die_with_parent, write_failure
 
 from .arguments import SpidRTrainingArguments
 from .checkpoints import STAGING_FOLDER, checkpoint_problem, last_complete_checkpoint, publish_checkpoint
@@ -61,6 +64,8 @@ from .monitoring import PretrainingError, PretrainingMetrics, TrainingHealth, al
 from .recipe import format_hours, hours_of_audio
 
 logger = logging.getLogger(__name__)
+# what torch.save's C++ writer says when a write fails (it raises a RuntimeError without an errno)
+_TORCH_SAVE_FAILURES = ("iostream error", "PytorchStreamWriter failed", "file write failed")
 
 
 # ---------------------------------------------------------------------------------- model helpers
@@ -430,7 +435,14 @@ class SpidRPretrainer(Trainer):
             problem = checkpoint_problem(resume_from_checkpoint, require_optimizer)
             if problem is not None:
                 raise ValueError(f"cannot resume from {resume_from_checkpoint}: {problem}.")
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        try:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        except pickle.UnpicklingError as error:  # a checkpoint's optimizer, scheduler or RNG state
+            raise ValueError(
+                f"cannot resume from {resume_from_checkpoint}: one of its states (optimizer.pt, scheduler.pt, "
+                "rng_state*.pth) is a pickle that torch.load(weights_only=True) refuses; loading it otherwise could "
+                "run any code in it. Resume from a checkpoint a run of this package wrote, or start afresh."
+            ) from error
 
     def _get_output_dir(self, trial: Any) -> str:
         run_dir = super()._get_output_dir(trial)
@@ -452,6 +464,13 @@ class SpidRPretrainer(Trainer):
         self._writing_checkpoint = True
         try:
             super()._save_checkpoint(model, trial)
+        except (OSError, SafetensorError) as error:  # a full disk: the last published checkpoint stays whole
+            raise write_failure(run_dir / STAGING_FOLDER / name, error) from error
+        except RuntimeError as error:  # torch.save reports a failed write as a RuntimeError without errno
+            if not any(sign in str(error) for sign in _TORCH_SAVE_FAILURES):
+                raise
+            failed = OSError(errno.EIO, f"torch.save failed ({error}); is the disk full?")
+            raise write_failure(run_dir / STAGING_FOLDER / name, failed) from error
         finally:
             self._writing_checkpoint = False
         self.accelerator.wait_for_everyone()  # every rank's RNG state is written

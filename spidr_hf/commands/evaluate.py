@@ -13,7 +13,7 @@ from spidr_hf import unit_scores
 from spidr_hf.commands import CommandParser, apply_output_flags, command, positive_float, positive_int
 from spidr_hf.errors import UsageError
 from spidr_hf.extract import load_model
-from spidr_hf.runs import prepare_output_dir
+from spidr_hf.runs import missing_reason, prepare_output_dir
 from spidr_hf.sources import collect_inputs
 from spidr_hf.unit_scores import AlignedCorpus
 from spidr_hf.units import encoder_of
@@ -139,7 +139,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     for flag in ("alignments", "units", "abx_item", "features"):
         path = getattr(args, flag)
         if path is not None and not Path(path).exists():
-            raise UsageError(f"--{flag.replace('_', '-')} {path} does not exist.")
+            raise UsageError(f"--{flag.replace('_', '-')} {path} {missing_reason(path)}.")
     if args.alignment_rate is not None and (args.alignment_rate / ev.FRAME_RATE) % 1:
         raise UsageError(
             f"--alignment-rate {args.alignment_rate:g} is not an integer multiple of the units' "

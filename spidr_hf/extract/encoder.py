@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
-from ..model_dir import check_model_source
+from ..model_dir import check_model_source, from_pretrained
 from ..modeling import FrameGeometry, SpidRForPreTraining, SpidRModel
+from ..runs import UntrustedPickleError
 from ..units import encoder_of, frame_mask_of, resolve_layer, select_layer
 from .batching import pad_batch
 from .options import DTYPES
@@ -31,7 +32,9 @@ def load_model(
     source = check_model_source(model_dir)
     cls = SpidRForPreTraining if pretraining else SpidRModel
     try:
-        model, info = cls.from_pretrained(source, dtype=torch.float32, output_loading_info=True)
+        model, info = from_pretrained(cls, source, dtype=torch.float32, output_loading_info=True)
+    except UntrustedPickleError:  # names the file and the fix already
+        raise
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # a cut-short file, weights of another shape
         raise ValueError(f"cannot load the model in {model_dir}: {err}") from err
     if info["missing_keys"]:  # from_pretrained would fill them with random numbers

@@ -14,7 +14,7 @@ from ..audio import AUDIO_EXTENSIONS, standardize
 from ..model_dir import check_model_source
 from ..modeling import SAMPLING_RATE
 from ..progress import progress_bar
-from ..runs import exclusive_writer, prepare_output_dir
+from ..runs import exclusive_writer, is_per_file_error, prepare_output_dir
 from ..sources import AudioInputs, AudioItem, collect_inputs
 from ..units import encoder_of
 from .batching import (
@@ -28,7 +28,7 @@ from .batching import (
 from .encoder import FrameEncoder, FrameKey, load_model
 from .options import DTYPES, ExtractionOptions, ExtractionReport
 from .unit_computer import UnitComputer
-from .writers import FeatureWriter, UnitWriter, check_signature, shard_suffix, write_failures
+from .writers import FeatureWriter, UnitWriter, check_layout, check_signature, shard_suffix, write_failures
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ def extract(
     if model is None:
         check_model_source(model_dir)  # a missing model first: it is the first thing named
     out = prepare_output_dir(options.output_dir, "--output-dir", create=False)
+    check_layout(out, options)  # earlier outputs this run would not see: refused before any work
+    check_signature(out, options, str(model_dir), write=False)
     collected = inputs if isinstance(inputs, AudioInputs) else collect_inputs(inputs, options.audio_column)
     shard_items = select_shard(collected.items, options.shard)
     unreadable = select_shard(collected.unreadable, options.shard)
@@ -63,6 +65,7 @@ def extract(
     prepare_output_dir(out, "--output-dir")  # inputs, model and options are valid: outputs may be written
     suffix = shard_suffix(options.shard)
     with exclusive_writer(out, f"extract{suffix}", f"shard {options.shard[0]}/{options.shard[1]}" if suffix else "outputs"):
+        check_layout(out, options)  # again under the lock: another run may have written meanwhile
         check_signature(out, options, str(model_dir))
         if units is not None:
             writer: FeatureWriter | UnitWriter = UnitWriter(out / f"units{suffix}.jsonl")
@@ -125,7 +128,13 @@ def _run(
                 if isinstance(frames, Exception):
                     _fail(report, item.path, frames, options.strict)
                     continue
-                writer.write(item, units(frames) if units is not None else frames)
+                try:
+                    writer.write(item, units(frames) if units is not None else frames)
+                except OSError as error:  # a name too long fails its file; a full disk stops the run
+                    if not is_per_file_error(error):
+                        raise
+                    _fail(report, item.path, error, options.strict)
+                    continue
                 report.written += 1
                 report.audio_seconds += seconds
                 bar.update(seconds)

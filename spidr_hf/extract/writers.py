@@ -10,24 +10,29 @@ In ``OUT``:
   ``OUT/units.jsonl`` (``OUT/units.<i>-of-<n>.jsonl`` for shard ``i`` of ``n``: concatenate them
   afterwards). ``num_frames == len(units)``; units are not deduplicated.
 * ``OUT/extraction.json``: the options that shape the outputs. A rerun with other options into
-  the same folder is refused, because it would mix incompatible files.
+  the same folder is refused, because it would mix incompatible files; so is one whose files would
+  sit beside outputs of another layout (``units.jsonl`` beside ``units.<i>-of-<n>.jsonl``, units
+  beside features, other ``.layer<L>.npy`` files), even without ``extraction.json``.
 * ``OUT/failures.jsonl`` (per shard likewise): the files that could not be processed, and why.
 
 Resuming: files whose outputs exist (features) or whose id is in the JSONL (units) are skipped;
-a JSONL line cut short by a crash is dropped before appending.
+a JSONL line that is not a complete record (cut short by a crash, not JSON, not an object with an
+``id``) is reported with its line number and dropped before appending, so that only its file is redone.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..runs import atomic_write, save_safetensors
+from ..runs import atomic_write, refuse_other_layout, save_safetensors, write_failure
 from ..sources import AudioItem
 from .encoder import FrameKey
 from .options import ExtractionOptions
@@ -55,14 +60,17 @@ class FeatureWriter:
         return [self.out / f"{item.id}.layer{layer}.npy" for layer in self.layers]
 
     def is_done(self, item: AudioItem) -> bool:
-        return all(path.is_file() for path in self.paths(item))
+        return all(os.path.isfile(path) for path in self.paths(item))  # False for a name too long, as for none
 
     def write(self, item: AudioItem, frames: dict[FrameKey, torch.Tensor]) -> None:
         tensors = [
             frames[(layer, self.representation)].to("cpu", self.dtype).contiguous() for layer in self.layers
         ]
         paths = self.paths(item)
-        paths[0].parent.mkdir(parents=True, exist_ok=True)
+        try:
+            paths[0].parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise write_failure(paths[0].parent, error) from error
         if self.fmt == "safetensors":
             metadata = {"representation": self.representation, "frame_rate": str(self.frame_rate), "path": item.path}
             named = {f"layer{layer}": t for layer, t in zip(self.layers, tensors, strict=True)}
@@ -84,9 +92,11 @@ class UnitWriter:
 
     def __init__(self, path: Path):
         self.path = path
-        self.done = _read_done_ids(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = path.open("a", encoding="utf-8")
+        self.done = read_done_ids(path)
+        try:
+            self.file = path.open("a", encoding="utf-8")
+        except OSError as error:
+            raise write_failure(path, error) from error
 
     def is_done(self, item: AudioItem) -> bool:
         return item.id in self.done
@@ -94,35 +104,64 @@ class UnitWriter:
     def write(self, item: AudioItem, units: torch.Tensor) -> None:
         values = units.tolist()
         line = {"id": item.id, "path": item.path, "units": values, "num_frames": len(values)}
-        self.file.write(json.dumps(line) + "\n")
+        try:
+            self.file.write(json.dumps(line) + "\n")
+        except OSError as error:
+            raise write_failure(self.path, error) from error
         self.done.add(item.id)
 
     def flush(self) -> None:
-        self.file.flush()
+        try:
+            self.file.flush()
+        except OSError as error:  # a line cut by a full disk is dropped by the next run's reader
+            raise write_failure(self.path, error) from error
 
     def close(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError as error:
+            raise write_failure(self.path, error) from error
 
 
-def _read_done_ids(path: Path) -> set[str]:
-    """Ids of complete lines; a last line cut short by a crash is truncated away."""
+def record_problem(raw: bytes) -> str | None:
+    """Why one line of a JSONL output is not a complete record (``None`` when it is one): cut short, not
+    JSON, not an object, or without a string ``id``."""
+    if not raw.endswith(b"\n"):
+        return "cut short (no newline: a run was interrupted)"
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return "not JSON"
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    if not isinstance(record.get("id"), str):
+        return "an object without a string 'id'"
+    return None
+
+
+def read_done_ids(path: Path) -> set[str]:
+    """Ids of the complete records of a JSONL output; every other line is reported with its number and
+    dropped from the file (a cut last line is truncated away, a bad line elsewhere rewritten out), so that
+    its file is redone and the records after it are kept."""
     if not path.is_file():
         return set()
-    done, keep = set(), 0
+    done, kept, bad = set(), [], []
     with path.open("rb") as f:
-        for raw in f:
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError:
-                break
-            if not raw.endswith(b"\n"):
-                break
-            done.add(record["id"])
-            keep += len(raw)
-    if keep < path.stat().st_size:
-        logger.warning("dropping an incomplete last line of %s (a run was interrupted)", path)
+        for number, raw in enumerate(f, start=1):
+            problem = record_problem(raw)
+            if problem is None:
+                done.add(json.loads(raw)["id"])
+                kept.append(raw)
+            else:
+                bad.append(number)
+                logger.warning("%s line %d is not a complete record (%s): dropped, its file is redone", path, number, problem)
+    if not bad:
+        return done
+    if bad == [number]:  # only the last line: cut it off in place
         with path.open("r+b") as f:
-            f.truncate(keep)
+            f.truncate(sum(map(len, kept)))
+    else:
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(b"".join(kept)))
     return done
 
 
@@ -131,15 +170,73 @@ def shard_suffix(shard: tuple[int, int]) -> str:
     return "" if shard[1] == 1 else f".{shard[0]}-of-{shard[1]}"
 
 
-def check_signature(out: Path, options: ExtractionOptions, model_dir: str) -> None:
-    """Record the output-shaping options; refuse to resume into a folder made with others."""
-    signature = {"model": str(Path(model_dir).resolve()), **options.output_signature()}
+_SHARD_UNITS = re.compile(r"^units\.(\d+)-of-(\d+)\.jsonl$")
+_LAYER_NPY = re.compile(r"\.layer(\d+)\.npy$")
+# k-means files (kmeans_layer<L>_k<K>.safetensors, kmeans_<kind>_k<K>.safetensors) may share a folder with units
+
+
+def check_layout(out: Path, options: ExtractionOptions) -> None:
+    """Refuse an output folder holding outputs this run would not see (``ValueError`` naming them): unit
+    files of another sharding (``units.jsonl`` vs ``units.<i>-of-<n>.jsonl``: resuming from one file would
+    write every id again), units beside features, npy files of other layers. Reads names only."""
+    if not out.is_dir():
+        return
+    count = options.shard[1]
+    mine = f"units{shard_suffix(options.shard)}.jsonl"
+    units = [p for p in out.glob("units*.jsonl") if p.is_file() and p.stat().st_size > 0]
+    features = [p for p in out.rglob("*") if p.suffix in (".safetensors", ".npy") and not p.name.startswith((".", "kmeans_"))]
+    if options.units:
+        this = f"{mine} ({f'shard {options.shard[0]} of {count}' if count > 1 else 'a whole run'})"
+        others = [p for p in units if p.name != mine and not _same_sharding(p.name, count)] + features
+    else:
+        this = f"{options.output_format} features"
+        others = units + [p for p in features if not _same_feature_layout(p, options)]
+    refuse_other_layout(out, others, this, "Use another --output-dir, or the same --shard count / options as the "
+                        "earlier run, or remove the old outputs.")  # fmt: skip
+
+
+def _same_sharding(name: str, count: int) -> bool:
+    """Whether a unit file is another shard of the same ``count``."""
+    found = _SHARD_UNITS.match(name)
+    return count > 1 and found is not None and int(found.group(2)) == count
+
+
+def _same_feature_layout(path: Path, options: ExtractionOptions) -> bool:
+    """Whether a feature file has the name this run would give it (format, and npy layers)."""
+    if path.suffix != f".{options.output_format}":
+        return False
+    if options.output_format == "safetensors":
+        return True
+    layer = _LAYER_NPY.search(path.name)
+    layers = options.layers or []
+    if len(set(layers)) > 1:
+        return layer is not None and int(layer.group(1)) in layers
+    return layer is None
+
+
+def read_signature(out: Path) -> dict | None:
+    """The options recorded in ``out/extraction.json`` (``None`` without one); a ``ValueError`` naming the file
+    when it is not an extraction record, rather than replacing a file this package may not have written."""
     path = out / "extraction.json"
-    if path.is_file():
-        try:
-            previous = json.loads(path.read_text())
-        except ValueError:  # not ours, or cut short by hand: compare it as a different extraction
-            previous = None
+    if not path.is_file():
+        return None
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        previous = error
+    if not isinstance(previous, dict) or "model" not in previous:
+        raise ValueError(
+            f"{path} is not the record of an extraction (a JSON object of its options, as spidr-hf extract writes): "
+            "use another --output-dir, or remove that file if nothing in the folder needs it."
+        )
+    return previous
+
+
+def check_signature(out: Path, options: ExtractionOptions, model_dir: str, write: bool = True) -> None:
+    """Refuse to resume into a folder made with other output-shaping options; with ``write``, record them."""
+    signature = {"model": str(Path(model_dir).resolve()), **options.output_signature()}
+    previous = read_signature(out)
+    if previous is not None:
         if previous == json.loads(json.dumps(signature)):
             return
         if _holds_outputs(out):
@@ -147,9 +244,11 @@ def check_signature(out: Path, options: ExtractionOptions, model_dir: str) -> No
                 f"{out} holds outputs of another extraction ({previous}); this one is {signature}. "
                 "Use another --output-dir, or remove the old outputs."
             )
-        logger.info("%s holds no outputs yet: replacing the options of an extraction that wrote none", out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(signature, indent=1) + "\n"))
+        if write:
+            logger.info("%s holds no outputs yet: replacing the options of an extraction that wrote none", out)
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "extraction.json", lambda tmp: Path(tmp).write_text(json.dumps(signature, indent=1) + "\n"))
 
 
 def _holds_outputs(out: Path) -> bool:
