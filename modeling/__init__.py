@@ -23,7 +23,7 @@ from .configuration_spidr import (
 )
 from .feature_extraction_spidr import SpidRFeatureExtractor, standardize
 from .modeling_spidr import SpidREncoder, SpidRModel, SpidRModelOutput, SpidRPreTrainedModel
-from .modeling_spidr_heads import SpidRForCTC, SpidRForSequenceClassification, ctc_frames_needed
+from .modeling_spidr_heads import SpidRForCTC, SpidRForSequenceClassification, ctc_frames_needed, ctc_loss
 from .modeling_spidr_pretraining import (
     PADDING_UNIT,
     SpidRForPreTraining,
@@ -51,6 +51,7 @@ __all__ = [
     "codebook_assign",
     "codebook_head_loss",
     "ctc_frames_needed",
+    "ctc_loss",
     "masked_instance_norm",
     "num_frames",
     "standardize",

@@ -27,6 +27,43 @@ def ctc_frames_needed(labels: torch.Tensor) -> torch.Tensor:
     return valid.sum(-1) + repeats.sum(-1)
 
 
+def ctc_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    frame_lengths: torch.Tensor,
+    blank: int = 0,
+    reduction: str = "sum",
+    zero_infinity: bool = False,
+) -> torch.Tensor:
+    """CTC loss of `logits` `(batch, frames, vocab)` over the first `frame_lengths` frames of each row
+    against `labels` `(batch, target_length)` padded with `-100`.
+
+    Raises `ValueError` for a row whose labels need more frames than its audio has, unless
+    `zero_infinity` (which then zeroes that row's infinite loss, transformers' behaviour).
+    """
+    if not zero_infinity:
+        needed = ctc_frames_needed(labels)
+        too_long = (needed > frame_lengths).nonzero().flatten().tolist()
+        if too_long:
+            row = too_long[0]
+            raise ValueError(
+                f"labels of row {row} need {int(needed[row])} CTC frames but its audio has {int(frame_lengths[row])}: "
+                "shorten the transcript or drop the utterance (or set ctc_zero_infinity=True to ignore such rows)."
+            )
+    valid = labels >= 0
+    log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
+    with torch.backends.cudnn.flags(enabled=False):  # cuDNN's CTC needs targets on the CPU and int32
+        return F.ctc_loss(
+            log_probs,
+            labels.masked_select(valid),
+            frame_lengths,
+            valid.sum(-1),
+            blank=blank,
+            reduction=reduction,
+            zero_infinity=zero_infinity,
+        )
+
+
 class _SpidRWithHead(SpidRPreTrainedModel):
     """The encoder plus what both heads share: the weighted layer sum, freezing and loading rules."""
 
@@ -140,32 +177,15 @@ class SpidRForCTC(_SpidRWithHead):
         return self._get_feat_extract_output_lengths(samples.long())
 
     def ctc_loss(self, logits: torch.Tensor, labels: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
-        """CTC loss of `logits` `(batch, frames, vocab)` against `labels` padded with `-100`.
-
-        Raises `ValueError` for a row longer than its audio can emit, unless
-        `config.ctc_zero_infinity` (which then zeroes that row's infinite loss).
-        """
-        if not self.config.ctc_zero_infinity:
-            too_long = (ctc_frames_needed(labels) > frame_lengths).nonzero().flatten().tolist()
-            if too_long:
-                row = too_long[0]
-                raise ValueError(
-                    f"labels of row {row} need {int(ctc_frames_needed(labels)[row])} CTC frames but its audio has "
-                    f"{int(frame_lengths[row])}: shorten the transcript or drop the utterance "
-                    "(or set ctc_zero_infinity=True to ignore such rows)."
-                )
-        valid = labels >= 0
-        log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
-        with torch.backends.cudnn.flags(enabled=False):  # cuDNN's CTC needs targets on the CPU and int32
-            return F.ctc_loss(
-                log_probs,
-                labels.masked_select(valid),
-                frame_lengths,
-                valid.sum(-1),
-                blank=self.config.pad_token_id,
-                reduction=self.config.ctc_loss_reduction,
-                zero_infinity=self.config.ctc_zero_infinity,
-            )
+        """CTC loss of `logits` `(batch, frames, vocab)` with this config's blank and reduction (see `ctc_loss`)."""
+        return ctc_loss(
+            logits,
+            labels,
+            frame_lengths,
+            blank=self.config.pad_token_id,
+            reduction=self.config.ctc_loss_reduction,
+            zero_infinity=self.config.ctc_zero_infinity,
+        )
 
 
 class SpidRForSequenceClassification(_SpidRWithHead):
@@ -212,4 +232,4 @@ class SpidRForSequenceClassification(_SpidRWithHead):
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["SpidRForCTC", "SpidRForSequenceClassification", "ctc_frames_needed"]
+__all__ = ["SpidRForCTC", "SpidRForSequenceClassification", "ctc_frames_needed", "ctc_loss"]
