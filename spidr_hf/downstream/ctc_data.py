@@ -114,16 +114,19 @@ def _chars_of_corpus(root: Path, max_minutes: float | None) -> TranscribedSpeech
     manifest = root / "manifest.jsonl"
     if not manifest.is_file():
         raise FileNotFoundError(f"{root} has no manifest.jsonl with transcripts (see spidr-hf synth-corpus).")
-    speech = TranscribedSpeech(str(root), "chars", [], [], [])
+    records = []  # every transcript is checked before any audio is decoded
     for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), start=1):
-        if max_minutes is not None and speech.minutes >= max_minutes:
-            break
         record = json.loads(line)
         if not isinstance(record.get("text"), str):
             raise ValueError(
                 f"{manifest}:{number}: utterance {record.get('id')!r} has no 'text' transcript: give character "
                 "targets a corpus with transcripts, or use --targets phones with its alignments.jsonl."
             )
+        records.append(record)
+    speech = TranscribedSpeech(str(root), "chars", [], [], [])
+    for record in records:
+        if max_minutes is not None and speech.minutes >= max_minutes:
+            break
         speech.ids.append(record["id"])
         speech.waves.append(load_audio(root / record["path"]))
         speech.transcripts.append(char_transcript(record["text"]))
