@@ -132,8 +132,8 @@ def test_finetuning_lowers_the_phone_error_rate(corpora, model_dir, tmp_path, ca
     assert cli([*argv, "--max-steps", "60"]) == 0
     rate = json.loads((out / "results.json").read_text())["error_rate"]
     assert rate["metric"] == "PER"
-    # the untrained head inserts phones everywhere (PER about 3); 60 steps bring it near the deletions-only 1
-    assert rate["final"] < rate["initial"] / 2 and rate["final"] < 1.2, rate
+    # the fresh head inserts phones everywhere (PER about 2); 60 steps bring it below the deletions-only 1
+    assert rate["initial"] - rate["final"] > 0.5 and rate["final"] <= 1.0, rate
     from spidr_hf.downstream import speech_recognizer
 
     text = speech_recognizer(out / "model")(str(next((corpora / "test" / "audio").rglob("*.wav"))))["text"]

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from pretrain_worker import micro_config, micro_model
+from pretrain_worker import micro_config, micro_model, padded_batch
 from transformers import (
     AutoModelForAudioClassification,
     AutoModelForCTC,
@@ -38,13 +38,7 @@ def _model(model_class, seed: int = 0, **overrides):
 
 
 def _batch() -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    waves = torch.zeros(len(LENGTHS), max(LENGTHS))
-    mask = torch.zeros(len(LENGTHS), max(LENGTHS), dtype=torch.long)
-    for row, length in enumerate(LENGTHS):
-        waves[row, :length] = torch.randn(length, generator=generator)
-        mask[row, :length] = 1
-    return {"input_values": waves, "attention_mask": mask}
+    return padded_batch(LENGTHS)
 
 
 def _labels() -> torch.Tensor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from pretrain_worker import micro_config
+from pretrain_worker import micro_config, padded_batch
 from spidr_hf.training import compute_span_mask
 
 from spidr_hf import (
@@ -46,13 +46,7 @@ def _model(model_class, seed: int = 0, **overrides):
 
 
 def _inputs(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    waves = torch.zeros(len(LENGTHS), max(LENGTHS))
-    mask = torch.zeros(len(LENGTHS), max(LENGTHS), dtype=torch.long)
-    for row, length in enumerate(LENGTHS):
-        waves[row, :length] = torch.randn(length, generator=generator)
-        mask[row, :length] = 1
-    inputs = {"input_values": waves, "attention_mask": mask}
+    inputs = padded_batch(LENGTHS)
     if isinstance(model, SpidRForPreTraining):
         frames = model.config.frame_geometry.num_frames(max(LENGTHS))
         inputs["mask_time_indices"] = compute_span_mask(

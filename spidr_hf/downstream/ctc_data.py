@@ -25,7 +25,7 @@ import torch
 from transformers import PreTrainedTokenizerBase, Wav2Vec2CTCTokenizer, Wav2Vec2PhonemeCTCTokenizer
 
 from ..audio import load_audio
-from ..modeling import FrameGeometry, SpidRFeatureExtractor, ctc_frames_needed
+from ..modeling import SAMPLING_RATE, FrameGeometry, SpidRFeatureExtractor, ctc_frames_needed
 from ..sources import decode_cell, is_saved_dataset, prepare_hf_dataset
 from ..synth import SILENCE
 from ..unit_scores import AlignedCorpus
@@ -61,7 +61,7 @@ class TranscribedSpeech:
 
     @property
     def minutes(self) -> float:
-        return sum(w.size for w in self.waves) / 16_000 / 60
+        return sum(w.size for w in self.waves) / SAMPLING_RATE / 60
 
     def __len__(self) -> int:
         return len(self.ids)

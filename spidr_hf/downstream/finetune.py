@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments, Wav2Vec2Processor
+from transformers import PreTrainedTokenizerBase, PrinterCallback, Trainer, TrainingArguments, Wav2Vec2Processor
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..model_dir import save_pretrained_with_code
@@ -117,6 +117,8 @@ def finetune_ctc(
         dataloader_num_workers=0,
     )
     trainer = Trainer(model=model, args=args, train_dataset=_Examples(train, labels), data_collator=CTCCollator(feature_extractor))
+    if not progress:  # without bars the Trainer prints every log line instead
+        trainer.remove_callback(PrinterCallback)
     trainer.train(resume_from_checkpoint=last if resume else None)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     results = {
