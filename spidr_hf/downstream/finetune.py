@@ -13,7 +13,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedTokenizerBase, PrinterCallback, Trainer, TrainingArguments, Wav2Vec2Processor
+from transformers import (
+    PreTrainedTokenizerBase,
+    PrinterCallback,
+    Trainer,
+    TrainingArguments,
+    Wav2Vec2Processor,
+)
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..model_dir import save_pretrained_with_code
