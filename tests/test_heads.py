@@ -12,6 +12,7 @@ import pytest
 import torch
 from pretrain_worker import micro_config, micro_model, padded_batch
 from transformers import (
+    AutoModel,
     AutoModelForAudioClassification,
     AutoModelForCTC,
     AutoTokenizer,
@@ -144,8 +145,20 @@ def test_heads_from_a_pretraining_checkpoint_load_the_encoder_and_initialise_the
         assert not info["unexpected_keys"]  # teacher, heads, codebooks: dropped quietly
         assert info["missing_keys"] and all(k.startswith(("lm_head.", "projector.", "classifier.")) for k in info["missing_keys"])
         assert any(k.startswith(head) for k in info["missing_keys"])
-        for key, value in pretrained.spidr.state_dict().items():
-            assert torch.equal(model.spidr.state_dict()[key], value), key
+        _assert_same_encoder(model, pretrained.spidr.state_dict())
+
+
+def test_heads_from_a_converted_checkpoint(converted_dir):
+    """A converted reference checkpoint: the encoder's weights load, only the head is new."""
+    encoder = AutoModel.from_pretrained(converted_dir)
+    model, info = AutoModelForCTC.from_pretrained(converted_dir, output_loading_info=True)
+    assert not info["unexpected_keys"] and sorted(info["missing_keys"]) == ["lm_head.bias", "lm_head.weight"]
+    _assert_same_encoder(model, encoder.state_dict())
+
+
+def _assert_same_encoder(model, state: dict[str, torch.Tensor]) -> None:
+    for key, value in state.items():
+        assert torch.equal(model.spidr.state_dict()[key], value), key
 
 
 @pytest.fixture(scope="module")
