@@ -66,6 +66,26 @@ def test_probe_finds_the_layer_that_carries_the_phones():
 
 
 @needs_espeak
+def test_transcripts_from_a_saved_dataset(corpora, tmp_path):
+    import datasets
+
+    records = [json.loads(line) for line in (corpora / "test" / "manifest.jsonl").read_text().splitlines()][:2]
+    dataset = datasets.Dataset.from_dict({
+        "id": [r["id"] for r in records],
+        "audio": [str(corpora / "test" / r["path"]) for r in records],
+        "text": [r["text"] for r in records],
+        "phones": [" ".join(p) for p in load_transcribed(corpora / "test").transcripts[:2]],
+    }).cast_column("audio", datasets.Audio(sampling_rate=16_000))  # fmt: skip
+    dataset.save_to_disk(tmp_path / "saved")
+    chars = load_transcribed(tmp_path / "saved", "chars")
+    assert chars.ids == [r["id"] for r in records]
+    assert chars.transcripts == [char_transcript(r["text"]) for r in records]
+    assert load_transcribed(tmp_path / "saved", "phones").transcripts == load_transcribed(corpora / "test").transcripts[:2]
+    with pytest.raises(ValueError, match=r"no transcript column 'words' for chars targets; its columns are"):
+        load_transcribed(tmp_path / "saved", "chars", text_column="words")
+
+
+@needs_espeak
 def test_probe_phones_end_to_end(corpora, model_dir, tmp_path, capsys):
     out = tmp_path / "probe"
     assert cli(["probe-phones", str(model_dir), str(corpora / "train"), str(corpora / "test"),
