@@ -12,6 +12,8 @@
 #      and GPU memory of a one-hour file
 #   6. benchmarks/bench_pretrain_step.py: one base pretraining step in each mode (default, eager,
 #      compiled with the Triton ops or the torch kernels, regional), by phase
+#   7. downstream: a base-size SpidR (fresh weights, or $SPIDR_BASE_DIR) through spidr-hf probe-phones
+#      and finetune-ctc on CUDA, on synthetic speech (needs espeak-ng on the machine)
 # Each step has its own time limit and log ($OUT/NAME.log, or ./gpu-logs); a failed step does not
 # stop the next. At the end, one table (benchmarks/session_table.py) sets eager, compiled and the
 # package's default path side by side for the step and each kernel, with peak memory, graphs
@@ -30,7 +32,7 @@ export PYTHONUNBUFFERED=1 SPIDR_FIXTURES=${SPIDR_FIXTURES:-$PWD/.fixtures}
 SMOKE=${SMOKE:-0}
 PY=${PYTHON:-python3}
 
-STEPS=${STEPS:-pytest kernels inference extract pretrain}  # "compile": only the GPU test of the compiled step
+STEPS=${STEPS:-pytest kernels inference extract pretrain downstream}  # "compile": only the GPU test of the compiled step
 
 step() {  # step NAME LIMIT_SECONDS COMMAND...: run, log, print the log's tail and the time taken
     local name=$1 limit=$2 start=$SECONDS rc
@@ -86,6 +88,21 @@ else
     step pretrain 400 $PY benchmarks/bench_pretrain_step.py --masks 2 --modes $STEP_MODES \
         --rows "$OUT/1-step.rows.json"
 fi
+
+# a base-size encoder: $SPIDR_BASE_DIR (e.g. a converted official checkpoint), else fresh weights
+DOWN=$OUT/downstream
+if [ "$SMOKE" = 1 ]; then DOWN_MIN=0.3; DOWN_STEPS=20; DOWN_CONFIG="SpidRConfig.tiny()"; else
+    DOWN_MIN=10; DOWN_STEPS=1000; DOWN_CONFIG="SpidRConfig()"; fi
+step downstream 500 bash -c "set -e
+    rm -rf $DOWN && mkdir -p $DOWN
+    $PY -m spidr_hf.cli synth-corpus $DOWN/train --minutes $DOWN_MIN --seed 0 --quiet
+    $PY -m spidr_hf.cli synth-corpus $DOWN/test --minutes \$($PY -c 'print($DOWN_MIN / 3)') --seed 1 --quiet
+    MODEL=\${SPIDR_BASE_DIR:-$DOWN/model}
+    [ -n \"\${SPIDR_BASE_DIR:-}\" ] || $PY -c 'import torch; from spidr_hf import SpidRConfig, SpidRForPreTraining
+from spidr_hf.model_dir import save_pretrained_with_code
+torch.manual_seed(0); save_pretrained_with_code(SpidRForPreTraining($DOWN_CONFIG), \"$DOWN/model\")'
+    $PY -m spidr_hf.cli probe-phones \$MODEL $DOWN/train $DOWN/test --output-dir $DOWN/probe --steps $DOWN_STEPS --quiet
+    $PY -m spidr_hf.cli finetune-ctc \$MODEL $DOWN/train --test-corpus $DOWN/test --output-dir $DOWN/ctc --max-steps $DOWN_STEPS --quiet"
 
 echo "=== summary: eager / compiled / default path (x: default vs compiled, above 1 = default faster)"
 $PY benchmarks/session_table.py "$OUT"

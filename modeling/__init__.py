@@ -1,5 +1,5 @@
-"""What a SpidR model is: configuration and frame geometry, encoder, pretraining model, feature
-extractor and the fused codebook kernels.
+"""What a SpidR model is: configuration and frame geometry, encoder, pretraining model, downstream heads,
+feature extractor and the fused codebook kernels.
 
 Every file here imports only torch, transformers, Triton (guarded) and its siblings, so that the
 folder ships as remote code with every saved model (``spidr_hf.convert.save_pretrained_with_code``).
@@ -23,6 +23,7 @@ from .configuration_spidr import (
 )
 from .feature_extraction_spidr import SpidRFeatureExtractor, standardize
 from .modeling_spidr import SpidREncoder, SpidRModel, SpidRModelOutput, SpidRPreTrainedModel
+from .modeling_spidr_heads import SpidRForCTC, SpidRForSequenceClassification, ctc_frames_needed, ctc_loss
 from .modeling_spidr_pretraining import (
     PADDING_UNIT,
     SpidRForPreTraining,
@@ -40,6 +41,8 @@ __all__ = [
     "SpidRConfig",
     "SpidREncoder",
     "SpidRFeatureExtractor",
+    "SpidRForCTC",
+    "SpidRForSequenceClassification",
     "SpidRForPreTraining",
     "SpidRForPreTrainingOutput",
     "SpidRModel",
@@ -47,6 +50,8 @@ __all__ = [
     "SpidRPreTrainedModel",
     "codebook_assign",
     "codebook_head_loss",
+    "ctc_frames_needed",
+    "ctc_loss",
     "masked_instance_norm",
     "num_frames",
     "standardize",

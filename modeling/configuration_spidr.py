@@ -135,6 +135,16 @@ class SpidRConfig(PretrainedConfig):
             projection are frozen.
         codebook_backend (`str`): `"auto"`, `"triton"` or `"torch"`: the implementation of
             codebook assignment and the head loss in [`SpidRForPreTraining`].
+        vocab_size (`int`): outputs of [`SpidRForCTC`]'s head (the CTC tokenizer's vocabulary).
+        pad_token_id (`int`): the CTC blank, the tokenizer's pad token id (below `vocab_size`).
+        ctc_loss_reduction (`str`): `"sum"` or `"mean"`, the reduction of [`SpidRForCTC`]'s loss.
+        ctc_zero_infinity (`bool`): zero the infinite CTC loss of an utterance too short for its
+            labels (instead of refusing it).
+        final_dropout (`float`): dropout before [`SpidRForCTC`]'s head.
+        use_weighted_layer_sum (`bool`): the heads read a learnt softmax-weighted sum of the
+            transformer input and every layer's output (the SUPERB protocol), not the last layer.
+        classifier_proj_size (`int`): width of [`SpidRForSequenceClassification`]'s projection
+            before the mean over frames.
     """
 
     model_type = "spidr"
@@ -175,6 +185,13 @@ class SpidRConfig(PretrainedConfig):
         freeze_feature_encoder_step: int = 200_000,
         codebook_backend: str = "auto",
         initializer_range: float = 0.02,
+        vocab_size: int = 32,
+        pad_token_id: int = 0,
+        ctc_loss_reduction: str = "sum",
+        ctc_zero_infinity: bool = False,
+        final_dropout: float = 0.1,
+        use_weighted_layer_sum: bool = False,
+        classifier_proj_size: int = 256,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -212,6 +229,13 @@ class SpidRConfig(PretrainedConfig):
         self.freeze_feature_encoder_step = freeze_feature_encoder_step
         self.codebook_backend = codebook_backend
         self.initializer_range = initializer_range
+        self.vocab_size = vocab_size
+        self.pad_token_id = pad_token_id
+        self.ctc_loss_reduction = ctc_loss_reduction
+        self.ctc_zero_infinity = ctc_zero_infinity
+        self.final_dropout = final_dropout
+        self.use_weighted_layer_sum = use_weighted_layer_sum
+        self.classifier_proj_size = classifier_proj_size
         self._validate()
 
     def _validate(self) -> None:
@@ -259,6 +283,7 @@ class SpidRConfig(PretrainedConfig):
             raise ValueError(f"ema_schedule must be 'spidr' or 'dinosr', got {self.ema_schedule!r}.")
         if self.codebook_backend not in {"auto", "triton", "torch"}:
             raise ValueError(f"codebook_backend must be 'auto', 'triton' or 'torch', got {self.codebook_backend!r}.")
+        self._validate_head_fields()
         for name, bound in _UPPER_BOUNDS.items():
             values = getattr(self, name)
             if max(values if isinstance(values, list) else [values]) > bound:
@@ -266,6 +291,21 @@ class SpidRConfig(PretrainedConfig):
                     f"{name} must be at most {bound} (a sanity bound; larger models do not fit in any machine's "
                     f"memory), got {values!r}."
                 )
+
+    def _validate_head_fields(self) -> None:
+        """The fields of the downstream heads (SpidRForCTC, SpidRForSequenceClassification)."""
+        for name in ("vocab_size", "classifier_proj_size"):
+            _check(self, name, _is_int, "a positive integer", lambda v: v > 0)
+        _check(self, "final_dropout", _is_real, "a number between 0 and 1", lambda v: 0 <= v <= 1)
+        for name in ("ctc_zero_infinity", "use_weighted_layer_sum"):
+            _check(self, name, lambda v: isinstance(v, bool), "true or false", lambda v: True)
+        if self.ctc_loss_reduction not in {"sum", "mean"}:
+            raise ValueError(f"ctc_loss_reduction must be 'sum' or 'mean', got {self.ctc_loss_reduction!r}.")
+        if not (_is_int(self.pad_token_id) and 0 <= self.pad_token_id < self.vocab_size):
+            raise ValueError(
+                f"pad_token_id (the CTC blank) must be an id below vocab_size ({self.vocab_size}), got "
+                f"{self.pad_token_id!r}: use the tokenizer's pad_token_id."
+            )
 
     def estimated_num_parameters(self) -> int:
         """About how many parameters the pretraining model has (student, teacher, heads, codebooks), from
@@ -371,7 +411,7 @@ _STEPS = ("ema_frozen_step", "freeze_feature_encoder_step")
 _UPPER_BOUNDS = {
     "hidden_size": 2**16, "intermediate_size": 2**18, "num_hidden_layers": 1024, "num_attention_heads": 1024,
     "codebook_size": 2**20, "num_conv_pos_embeddings": 4096, "num_conv_pos_embedding_layers": 64,
-    "conv_dim": 2**16, "conv_kernel": 4096, "conv_stride": 4096,
+    "conv_dim": 2**16, "conv_kernel": 4096, "conv_stride": 4096, "vocab_size": 2**20, "classifier_proj_size": 2**16,
 }  # fmt: skip
 _FRACTIONS = (
     "feat_proj_dropout", "hidden_dropout", "attention_dropout", "activation_dropout", "layerdrop",

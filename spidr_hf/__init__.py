@@ -1,16 +1,26 @@
 """spidr-hf: the SpidR self-supervised speech model as a transformers model.
 
 Importing this package registers ``model_type="spidr"`` with ``AutoConfig``, ``AutoModel``,
-``AutoModelForPreTraining`` and ``AutoFeatureExtractor``.
+``AutoModelForPreTraining``, ``AutoModelForCTC``, ``AutoModelForAudioClassification`` and
+``AutoFeatureExtractor``.
 """
 
-from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoModelForAudioClassification,
+    AutoModelForCTC,
+    AutoModelForPreTraining,
+)
 
 from .modeling import (
     SpidRConfig,
     SpidRFeatureExtractor,
+    SpidRForCTC,
     SpidRForPreTraining,
     SpidRForPreTrainingOutput,
+    SpidRForSequenceClassification,
     SpidRModel,
     SpidRModelOutput,
     SpidRPreTrainedModel,
@@ -23,6 +33,8 @@ __version__ = "0.1.0"
 AutoConfig.register("spidr", SpidRConfig, exist_ok=True)
 AutoModel.register(SpidRConfig, SpidRModel, exist_ok=True)
 AutoModelForPreTraining.register(SpidRConfig, SpidRForPreTraining, exist_ok=True)
+AutoModelForCTC.register(SpidRConfig, SpidRForCTC, exist_ok=True)
+AutoModelForAudioClassification.register(SpidRConfig, SpidRForSequenceClassification, exist_ok=True)
 AutoFeatureExtractor.register(SpidRConfig, SpidRFeatureExtractor, exist_ok=True)
 register_pipelines()  # pipeline("feature-extraction") builds the audio pipeline for SpidR models only
 
@@ -37,8 +49,10 @@ __all__ = [
     "register_pipelines",
     "SpidRConfig",
     "SpidRFeatureExtractor",
+    "SpidRForCTC",
     "SpidRForPreTraining",
     "SpidRForPreTrainingOutput",
+    "SpidRForSequenceClassification",
     "SpidRModel",
     "SpidRModelOutput",
     "SpidRPreTrainedModel",

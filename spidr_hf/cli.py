@@ -21,6 +21,8 @@ COMMANDS: dict[str, str] = {
     "baseline": "baseline",
     "evaluate": "evaluate",
     "synth-corpus": "synth_corpus",
+    "probe-phones": "probe_phones",
+    "finetune-ctc": "finetune_ctc",
     "demo": "demo",
 }
 

@@ -522,6 +522,18 @@ def plot_codebook_usage(unit_counts: np.ndarray, path: str | Path, title: str | 
     return _save(fig, path)
 
 
+def plot_bars(values: Sequence[float], labels: Sequence[str], path: str | Path, title: str, ylabel: str, xlabel: str) -> Path:
+    """PNG bar chart of `values`, one bar per label (e.g. a probe's learnt weight per layer)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(values) + 2), 3.5))
+    ax.bar(range(len(values)), values, color="tab:blue")
+    ax.set_xticks(range(len(values)), labels=list(labels))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
 def plot_curves(
     series: Mapping[str, Sequence[tuple[int, float]]],
     path: str | Path,

@@ -28,6 +28,8 @@ AUTO_MAP = {
     "AutoConfig": "configuration_spidr.SpidRConfig",
     "AutoModel": "modeling_spidr.SpidRModel",
     "AutoModelForPreTraining": "modeling_spidr_pretraining.SpidRForPreTraining",
+    "AutoModelForCTC": "modeling_spidr_heads.SpidRForCTC",
+    "AutoModelForAudioClassification": "modeling_spidr_heads.SpidRForSequenceClassification",
     "AutoFeatureExtractor": "feature_extraction_spidr.SpidRFeatureExtractor",
 }
 

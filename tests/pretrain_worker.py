@@ -60,6 +60,17 @@ def micro_model(seed: int = 0, **overrides) -> SpidRForPreTraining:
     return SpidRForPreTraining(micro_config(**overrides))
 
 
+def padded_batch(lengths: tuple[int, ...], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random waveforms of `lengths` samples, zero-padded, with their attention mask."""
+    generator = torch.Generator().manual_seed(seed)
+    waves = torch.zeros(len(lengths), max(lengths))
+    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for row, length in enumerate(lengths):
+        waves[row, :length] = torch.randn(length, generator=generator)
+        mask[row, :length] = 1
+    return {"input_values": waves, "attention_mask": mask}
+
+
 def _resonate(signal: np.ndarray, freq: float, bandwidth: float) -> np.ndarray:
     """A two-pole resonator (one formant) applied with torchaudio's IIR filter."""
     r = np.exp(-np.pi * bandwidth / SR)

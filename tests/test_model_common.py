@@ -6,7 +6,8 @@ itself, on a model small enough for a CPU: a save/load round trip, hidden states
 the outputs, eager attention equal to sdpa, a deterministic initialisation of every parameter and
 buffer under a seed (also for what `from_pretrained` has to initialise), gradient checkpointing
 equal to the plain backward, `torch.export` of the encoder, and the feature extractor's
-normalisation with padding and truncation.
+normalisation with padding and truncation. The downstream heads (CTC, classification) run the
+same checks, with their weighted layer sum on.
 """
 
 from __future__ import annotations
@@ -14,13 +15,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from pretrain_worker import micro_config
+from pretrain_worker import micro_config, padded_batch
 from spidr_hf.training import compute_span_mask
 
-from spidr_hf import SpidRFeatureExtractor, SpidRForPreTraining, SpidRModel
+from spidr_hf import (
+    SpidRFeatureExtractor,
+    SpidRForCTC,
+    SpidRForPreTraining,
+    SpidRForSequenceClassification,
+    SpidRModel,
+)
 from spidr_hf.units import encoder_of
 
-MODEL_CLASSES = [SpidRModel, SpidRForPreTraining]
+HEAD_CLASSES = [SpidRForCTC, SpidRForSequenceClassification]
+MODEL_CLASSES = [SpidRModel, SpidRForPreTraining, *HEAD_CLASSES]
+# the heads' own fields: a weighted layer sum (a parameter outside every submodule), no dropout
+HEAD_FIELDS = dict(use_weighted_layer_sum=True, vocab_size=12, num_labels=3, final_dropout=0.0)
 LENGTHS = (6400, 4000)  # a padded batch: the second utterance is shorter
 
 
@@ -30,17 +40,13 @@ def _config(**overrides):
 
 def _model(model_class, seed: int = 0, **overrides):
     torch.manual_seed(seed)
+    if model_class in HEAD_CLASSES:
+        overrides = {**HEAD_FIELDS, **overrides}
     return model_class(_config(**overrides))
 
 
 def _inputs(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    waves = torch.zeros(len(LENGTHS), max(LENGTHS))
-    mask = torch.zeros(len(LENGTHS), max(LENGTHS), dtype=torch.long)
-    for row, length in enumerate(LENGTHS):
-        waves[row, :length] = torch.randn(length, generator=generator)
-        mask[row, :length] = 1
-    inputs = {"input_values": waves, "attention_mask": mask}
+    inputs = padded_batch(LENGTHS)
     if isinstance(model, SpidRForPreTraining):
         frames = model.config.frame_geometry.num_frames(max(LENGTHS))
         inputs["mask_time_indices"] = compute_span_mask(
@@ -50,8 +56,11 @@ def _inputs(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _main_output(output) -> torch.Tensor:
-    """The tensor a class is about: features for the encoder, per-frame losses for pretraining."""
-    return output.frame_losses if isinstance(output.get("frame_losses"), torch.Tensor) else output.last_hidden_state
+    """The tensor a class is about: features for the encoder, per-frame losses for pretraining, a head's logits."""
+    for name in ("frame_losses", "logits"):
+        if isinstance(output.get(name), torch.Tensor):
+            return output[name]
+    return output.last_hidden_state
 
 
 def _assert_states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -86,7 +95,8 @@ def test_hidden_states_and_attentions_are_returned_on_request(model_class):
         full = model(**inputs, output_hidden_states=True, output_attentions=True)
     assert plain.hidden_states is None and plain.attentions is None
     assert len(full.hidden_states) == config.num_hidden_layers + 1
-    assert len(full.before_residual_states) == config.num_hidden_layers
+    if model_class not in HEAD_CLASSES:  # the heads' outputs are transformers' CausalLMOutput / SequenceClassifierOutput
+        assert len(full.before_residual_states) == config.num_hidden_layers
     assert all(h.shape == (len(LENGTHS), frames, config.hidden_size) for h in full.hidden_states)
     assert len(full.attentions) == config.num_hidden_layers
     heads = config.num_attention_heads
@@ -119,6 +129,11 @@ def test_eager_attention_equals_the_others(model_class, other):
         valid = eager.frame_attention_mask
         for a, b in zip(eager.hidden_states, tested.hidden_states, strict=True):
             torch.testing.assert_close(b[valid], a[valid], atol=1e-5, rtol=0)
+    elif model_class is SpidRForCTC:
+        valid = model._get_feature_vector_attention_mask(eager.logits.shape[1], inputs["attention_mask"])
+        torch.testing.assert_close(tested.logits[valid], eager.logits[valid], atol=1e-5, rtol=0)
+    elif model_class is SpidRForSequenceClassification:
+        torch.testing.assert_close(tested.logits, eager.logits, atol=1e-5, rtol=0)
     else:
         torch.testing.assert_close(tested.frame_losses, eager.frame_losses, atol=1e-5, rtol=0)
         assert torch.equal(tested.teacher_labels, eager.teacher_labels)
@@ -156,6 +171,23 @@ def test_missing_weights_and_buffers_are_initialised_deterministically(tmp_path)
     for teacher, student in zip(model.teacher.pos_conv_embed.parameters(),
                                 model.spidr.encoder.pos_conv_embed.parameters(), strict=True):  # fmt: skip
         assert torch.equal(teacher, student)  # the teacher starts with the student's positional convolution
+    assert all(torch.isfinite(t).all() for t in model.state_dict().values())
+
+
+@pytest.mark.parametrize("model_class", HEAD_CLASSES)
+def test_heads_from_an_encoder_checkpoint_are_initialised_deterministically(model_class, tmp_path):
+    """The head and the layer weights (a parameter of no submodule) are set, the encoder's weights kept."""
+    encoder = _model(SpidRModel)
+    encoder.save_pretrained(tmp_path / "encoder")
+    loaded = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        loaded.append(model_class.from_pretrained(tmp_path / "encoder", **HEAD_FIELDS))
+    _assert_states_equal(loaded[0].state_dict(), loaded[1].state_dict())
+    model = loaded[0]
+    _assert_states_equal(model.spidr.state_dict(), encoder.state_dict())
+    layers = model.config.num_hidden_layers + 1
+    assert torch.equal(model.layer_weights, torch.full((layers,), 1 / layers))
     assert all(torch.isfinite(t).all() for t in model.state_dict().values())
 
 

@@ -1,0 +1,147 @@
+"""CTC fine-tuning of a SpidR encoder (`SpidRForCTC`) with transformers' `Trainer`, the wav2vec2 recipe.
+
+The run folder holds `checkpoints/` (the Trainer's, for `resume`), `model/` (the fine-tuned
+model with its remote code and its processor: the SpidR feature extractor and the CTC tokenizer,
+what `pipeline("automatic-speech-recognition")` loads) and `results.json` (the error rate on
+held-out speech before and after fine-tuning).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    PreTrainedTokenizerBase,
+    PrinterCallback,
+    Trainer,
+    TrainingArguments,
+    Wav2Vec2Processor,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..model_dir import save_pretrained_with_code
+from ..modeling import SpidRFeatureExtractor, SpidRForCTC
+from ..pipeline import default_feature_extractor
+from .ctc_data import CTCCollator, TranscribedSpeech, build_tokenizer, encode_targets
+from .recognition import error_rate, greedy_ctc
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """The recipe: targets, steps, batch and optimiser (the Trainer's AdamW with linear warm-up and decay)."""
+
+    targets: str = "phones"
+    max_steps: int = 1000
+    batch_size: int = 8
+    learning_rate: float = 1e-4
+    warmup_steps: int = 100
+    freeze_feature_encoder: bool = True
+    save_steps: int = 200
+    seed: int = 0
+
+
+class _Examples(torch.utils.data.Dataset):
+    def __init__(self, speech: TranscribedSpeech, labels: list[list[int]]):
+        self.speech, self.labels = speech, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"wave": self.speech.waves[index], "labels": self.labels[index]}
+
+
+@torch.no_grad()
+def transcribe_ids(model: SpidRForCTC, feature_extractor: SpidRFeatureExtractor, speech: TranscribedSpeech) -> list[list[int]]:
+    """Greedy CTC token ids of each utterance of `speech`."""
+    model.eval()
+    hypotheses = []
+    for wave in speech.waves:
+        inputs = feature_extractor(wave, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
+        logits = model(inputs["input_values"].to(model.device)).logits[0]
+        hypotheses.append(greedy_ctc(logits, logits.shape[0], blank=model.config.pad_token_id))
+    return hypotheses
+
+
+def held_out_error_rate(
+    model: SpidRForCTC, feature_extractor: SpidRFeatureExtractor, tokenizer: PreTrainedTokenizerBase, speech: TranscribedSpeech
+) -> float:
+    """Token error rate (PER or CER) of the model's greedy transcripts of `speech`."""
+    return error_rate(transcribe_ids(model, feature_extractor, speech), encode_targets(tokenizer, speech.transcripts))
+
+
+def finetune_ctc(
+    model_dir: str | Path,
+    train: TranscribedSpeech,
+    output_dir: str | Path,
+    settings: FinetuneSettings = FinetuneSettings(),
+    test: TranscribedSpeech | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Fine-tune the encoder in `model_dir` with a new CTC head on `train`; returns what results.json holds.
+
+    Raises:
+        ValueError: an utterance whose targets need more CTC frames than its audio has, or (without
+            `resume`) an output folder that already holds a run.
+    """
+    output_dir = Path(output_dir)
+    checkpoints = output_dir / "checkpoints"
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if last is not None and not resume:
+        raise ValueError(f"{output_dir} already holds a fine-tuning run ({last}): pass --resume to go on, or give another --output-dir.")
+    tokenizer = build_tokenizer(train.transcripts, settings.targets)
+    labels = encode_targets(tokenizer, train.transcripts)
+    model = SpidRForCTC.from_pretrained(
+        model_dir, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, ctc_loss_reduction="mean"
+    )
+    train.check_ctc_fits(labels, model.config.frame_geometry)
+    if test is not None:
+        test.check_ctc_fits(encode_targets(tokenizer, test.transcripts), model.config.frame_geometry)
+    if settings.freeze_feature_encoder:
+        model.freeze_feature_encoder()
+    feature_extractor = default_feature_extractor(model)
+    initial = None if test is None else held_out_error_rate(model, feature_extractor, tokenizer, test)
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        warmup_steps=settings.warmup_steps,
+        save_steps=settings.save_steps,
+        save_total_limit=2,
+        logging_steps=max(1, settings.max_steps // 20),
+        seed=settings.seed,
+        report_to=[],
+        disable_tqdm=not progress,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=_Examples(train, labels), data_collator=CTCCollator(feature_extractor))
+    if not progress:  # without bars the Trainer prints every log line instead
+        trainer.remove_callback(PrinterCallback)
+    trainer.train(resume_from_checkpoint=last if resume else None)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    results = {
+        "model": str(model_dir),
+        "settings": asdict(settings),
+        "vocab_size": len(tokenizer),
+        "train": {"corpus": train.source, "utterances": len(train), "minutes": round(train.minutes, 2)},
+        "final_loss": losses[-1] if losses else None,
+    }
+    if test is not None:
+        final = held_out_error_rate(model, feature_extractor, tokenizer, test)
+        results["test"] = {"corpus": test.source, "utterances": len(test), "minutes": round(test.minutes, 2)}
+        results["error_rate"] = {"metric": "PER" if settings.targets == "phones" else "CER", "initial": initial, "final": final}
+    model_out = output_dir / "model"
+    save_pretrained_with_code(model, model_out)
+    Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(model_out)
+    return results
+
+
+__all__ = ["FinetuneSettings", "finetune_ctc", "held_out_error_rate", "transcribe_ids"]

@@ -1,0 +1,68 @@
+"""Reading a CTC model's output: greedy decoding, phone/character error rate, and the tokenizer
+(and ASR pipeline) of a model directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchaudio
+from transformers import AutoTokenizer, Pipeline, PreTrainedTokenizerBase, pipeline
+
+from ..model_dir import check_model_source, read_spidr_config
+
+TOKENIZER_FILES = ("tokenizer_config.json", "vocab.json")
+
+
+def greedy_ctc(logits: torch.Tensor, num_frames: int, blank: int = 0) -> list[int]:
+    """Best path of `logits` `(frames, vocab)` over its first `num_frames` frames: repeats merged, blanks dropped."""
+    best = torch.unique_consecutive(logits[:num_frames].argmax(-1))
+    return best[best != blank].tolist()
+
+
+def error_rate(hypotheses: list[list[Any]], references: list[list[Any]]) -> float:
+    """Token error rate: total edit distance over total reference length (PER for phones, CER for characters)."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references.")
+    total = sum(len(r) for r in references)
+    if total == 0:
+        raise ValueError("the references hold no tokens: an error rate needs transcribed speech.")
+    edits = sum(torchaudio.functional.edit_distance(r, h) for r, h in zip(references, hypotheses, strict=True))
+    return edits / total
+
+
+def load_ctc_tokenizer(model_dir: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """The CTC tokenizer saved in a SpidR model folder, checked against the model's `vocab_size`.
+
+    Raises:
+        FileNotFoundError: the folder holds no tokenizer.
+        ValueError: the tokenizer's vocabulary and the model's `vocab_size` differ.
+    """
+    folder = Path(check_model_source(model_dir))
+    missing = [name for name in TOKENIZER_FILES if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"model folder {folder} has no CTC tokenizer ({', '.join(missing)} missing): save one there with "
+            "Wav2Vec2Processor(feature_extractor, tokenizer).save_pretrained(folder), as spidr-hf finetune-ctc does."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    vocab_size = read_spidr_config(folder).vocab_size
+    if len(tokenizer) != vocab_size:
+        raise ValueError(
+            f"the tokenizer in {folder / 'vocab.json'} has {len(tokenizer)} tokens but the model's vocab_size is "
+            f"{vocab_size}: save the tokenizer the model was trained with, or set vocab_size to {len(tokenizer)} "
+            "and train the head again."
+        )
+    return tokenizer
+
+
+def speech_recognizer(model_dir: str | os.PathLike, **kwargs: Any) -> Pipeline:
+    """`pipeline("automatic-speech-recognition")` for a fine-tuned SpidR folder, its tokenizer checked first
+    (`load_ctc_tokenizer`); `kwargs` go to `pipeline()` (e.g. `device`)."""
+    tokenizer = load_ctc_tokenizer(model_dir)
+    return pipeline("automatic-speech-recognition", model=str(model_dir), tokenizer=tokenizer, **kwargs)
+
+
+__all__ = ["error_rate", "greedy_ctc", "load_ctc_tokenizer", "speech_recognizer"]
