@@ -84,7 +84,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     eval_corpus = AlignedCorpus.load(out / "heldout")
 
     set_seed(settings.seed)
-    model = load_pretraining_model(recipe["model_config"], recipe.get("config_overrides"))
+    model = load_pretraining_model(recipe["model_config"], recipe.get("config_overrides"), seed=settings.seed)
     k = model.config.codebook_size
     print(f"[2/5] Scoring log-mel and MFCC k-means (k={k}) and the initial model on the held-out speech")
     baselines = {kind: score_baseline_units(kind, fit_corpus, eval_corpus, k, out / "units") for kind in ("logmel", "mfcc")}

@@ -102,7 +102,9 @@ class TriStageSchedule:
 
 
 # ------------------------------------------------------------------------------ model
-def load_pretraining_model(model_config: str, config_overrides: str | None = None) -> SpidRForPreTraining:
+def load_pretraining_model(
+    model_config: str, config_overrides: str | None = None, seed: int | None = None
+) -> SpidRForPreTraining:
     """The model a run starts from.
 
     Args:
@@ -112,6 +114,8 @@ def load_pretraining_model(model_config: str, config_overrides: str | None = Non
             teacher, codebooks and `current_step`; the optimizer and schedule start afresh).
         config_overrides: `SpidRConfig` fields to change, as in transformers' example scripts:
             `"freeze_feature_encoder_step=1000,ema_timescale=2000"` (`PretrainedConfig.update_from_string`).
+        seed: the run's seed, given to `SpidRConfig.codebook_init_seed` (the codebooks' start, when the
+            model has none yet) before the overrides; the other weights follow the global seed (`set_seed`).
     """
     path = Path(model_config)
     if model_config == "base":
@@ -119,7 +123,7 @@ def load_pretraining_model(model_config: str, config_overrides: str | None = Non
     elif model_config == "tiny":
         config = SpidRConfig.tiny()
     elif path.is_dir() and any((path / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
-        config = _with_overrides(read_spidr_config(path), config_overrides)
+        config = _with_overrides(read_spidr_config(path), config_overrides, seed)
         return SpidRForPreTraining.from_pretrained(path, config=config)
     elif (path / "config.json").is_file() or path.is_file():
         config = read_spidr_config(path)
@@ -127,17 +131,20 @@ def load_pretraining_model(model_config: str, config_overrides: str | None = Non
         raise FileNotFoundError(
             f"--model_config {model_config!r} is neither 'base', 'tiny', a config.json nor a model directory."
         )
-    return SpidRForPreTraining(_with_overrides(config, config_overrides))
+    return SpidRForPreTraining(_with_overrides(config, config_overrides, seed))
 
 
-def _with_overrides(config: SpidRConfig, overrides: str | None) -> SpidRConfig:
-    """`config` with `"name=value,..."` applied, rebuilt so `SpidRConfig` checks the new values now."""
-    if not overrides:
+def _with_overrides(config: SpidRConfig, overrides: str | None, seed: int | None = None) -> SpidRConfig:
+    """`config` with the seed and `"name=value,..."` applied, rebuilt so `SpidRConfig` checks the new values now."""
+    if seed is None and not overrides:
         return config
-    try:
-        config.update_from_string(overrides)
-    except ValueError as err:  # transformers' message names the key or value, not the flag
-        raise ValueError(f"--config_overrides {overrides!r}: {err}") from err
+    if seed is not None:
+        config.codebook_init_seed = seed
+    if overrides:
+        try:
+            config.update_from_string(overrides)
+        except ValueError as err:  # transformers' message names the key or value, not the flag
+            raise ValueError(f"--config_overrides {overrides!r}: {err}") from err
     return SpidRConfig.from_dict(config.to_dict())
 
 
