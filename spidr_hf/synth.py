@@ -446,8 +446,10 @@ def _render_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
     if workers == 1:
         yield None
         return
-    # spawn: the parent may hold torch's threads and an espeak-ng session, which a fork would copy mid-use
-    context = multiprocessing.get_context("spawn")
+    # forkserver: workers fork from a clean process that imported this module once (a fork of this process
+    # would copy torch's threads and an espeak-ng session mid-use; spawn would import torch in every worker)
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_render_worker) as pool:
         yield pool
 

@@ -159,7 +159,10 @@ def load_recipe(recipe: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         if str(recipe) in BUILTIN_RECIPES:
             return dict(BUILTIN_RECIPES[str(recipe)])
-        raise FileNotFoundError(f"recipe {recipe!r} is neither a file nor one of {sorted(BUILTIN_RECIPES)}.")
+        if str(recipe) in recipe_files():
+            return load_recipe(recipe_files()[str(recipe)])
+        names = sorted({*BUILTIN_RECIPES, *recipe_files()})
+        raise FileNotFoundError(f"recipe {recipe!r} is neither a file nor one of {names}.")
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".toml":
         values = tomllib.loads(text)
@@ -168,6 +171,15 @@ def load_recipe(recipe: str | os.PathLike) -> dict[str, Any]:
     else:
         raise ValueError(f"recipe {path} must be a .toml or .json file.")
     return _flatten_tables(values, str(path))
+
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+"""The recipe files that ship with the package (`--recipe NAME` finds `NAME.toml` here)."""
+
+
+def recipe_files() -> dict[str, Path]:
+    """Name -> path of each recipe file shipped in `RECIPE_DIR`."""
+    return {path.stem: path for path in sorted(RECIPE_DIR.glob("*.toml"))}
 
 
 def _flatten_tables(values: dict[str, Any], where: str) -> dict[str, Any]:
@@ -198,9 +210,11 @@ def format_hours(hours: float) -> str:
 
 __all__ = [
     "BUILTIN_RECIPES",
+    "RECIPE_DIR",
     "TriStageSchedule",
     "format_hours",
     "hours_of_audio",
     "load_pretraining_model",
     "load_recipe",
+    "recipe_files",
 ]

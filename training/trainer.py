@@ -28,7 +28,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from itertools import cycle, islice
 from pathlib import Path
@@ -183,6 +184,29 @@ class PretrainingProgress(ProgressCallback):
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("a", encoding="utf-8") as log:
             log.write(json.dumps({"step": state.global_step, **logs}, default=str) + "\n")
+
+
+class TimeBudget(TrainerCallback):
+    """Stop training at the first optimizer step that ends `seconds` or more after training began.
+
+    For runs sized by wall-clock time (the GPU demo): `max_steps` stays an upper bound, and
+    `stopped_early` tells whether the budget, not `max_steps`, ended the run.
+    """
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if not seconds > 0:
+            raise ValueError(f"the training time budget must be a positive number of seconds, got {seconds!r}.")
+        self.seconds, self.clock = seconds, clock
+        self.started: float | None = None
+        self.stopped_early = False
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.started, self.stopped_early = self.clock(), False
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if self.clock() - self.started >= self.seconds and state.global_step < state.max_steps:
+            control.should_training_stop = True
+            self.stopped_early = True
 
 
 # ---------------------------------------------------------------------------------- data loading
@@ -592,6 +616,7 @@ __all__ = [
     "FixedLengthEpochs",
     "SpidRPretrainer",
     "SpidRTeacherCallback",
+    "TimeBudget",
     "build_train_dataset",
     "feature_encoder_parameters",
     "freeze_feature_encoder_if_due",
