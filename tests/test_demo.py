@@ -87,8 +87,8 @@ def test_gpu_scale_runs_end_to_end_on_a_cpu_in_smoke_size(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     settings = results["settings"]
     assert (results["recipe"], results["device"], results["clusters"]) == ("demo_gpu", "cpu", 256)
-    assert settings["render_workers"] >= 1 and settings["time_budget_s"] == 300.0 and settings["batch_seconds"] == 10.0
-    assert results["steps"] == 4 and not results["stopped_by_time_budget"]
+    assert settings["render_workers"] >= 1 and settings["time_budget_s"] == 300.0 and settings["batch_seconds"] == 5.0
+    assert results["steps"] == 2 and not results["stopped_by_time_budget"]
     assert results["parameters_millions"] > 10  # the demo_gpu model, not the tiny one
     assert {r["layer"] for r in results["rows"] if r["model"] == "trained" and r["units"] == "head"} == {5, 6, 7, 8}
     assert (out / "trained_model" / "model.safetensors").is_file()
