@@ -79,6 +79,7 @@ class DemoSettings:
     time_budget_s: float | None = None  # pretraining stops at the first step past it (learning curve included)
     batch_seconds: float | None = None  # audio per optimizer step; default: the recipe's
     render_workers: int = 1  # processes that render the corpora (byte-identical output for any number)
+    scale: str = "cpu"  # which of SCALES these settings start from (the closing lines speak of it)
 
 
 SCALES: dict[str, dict[str, Any]] = {
@@ -86,6 +87,7 @@ SCALES: dict[str, dict[str, Any]] = {
     # hours of speech (rendered on every core), the demo_gpu recipe and a 5-minute pretraining budget: with
     # rendering (~1 min for 4 h on 16 cores) and scoring, 8 minutes on one H100
     "gpu": {
+        "scale": "gpu",
         "recipe": "demo_gpu",
         "minutes": 240.0,
         "heldout_minutes": 10.0,
@@ -391,6 +393,11 @@ def closing_lines(results: dict[str, Any]) -> str:
     head, logmel = numbers["best_head_pnmi"], numbers["logmel_pnmi"]
     budget = ", stopped by the time budget" if results.get("stopped_by_time_budget") else ""
     verdict = "are ahead of" if head >= logmel else "do not yet reach"
+    larger = (
+        "this run is the one-GPU scale of the demo"
+        if results["settings"]["scale"] == "gpu"
+        else "`spidr-hf demo --device cuda --scale gpu` is the larger run that fits one GPU"
+    )
     return "\n".join([
         f"Pretraining: {results['steps']} steps in {results['training_seconds']:.0f} s on {results['device']}{budget}; "
         f"loss on a fixed batch {results['loss']['initial']:.3f} -> {results['loss']['trained']:.3f}.",
@@ -401,8 +408,7 @@ def closing_lines(results: dict[str, Any]) -> str:
         f"{numbers['kmeans_over_logmel']:.2f}x).",
         f"At this scale ({results['parameters_millions']:.1f}M parameters, {results['corpus']['minutes']:g} min of "
         f"synthetic speech) the learnt units {verdict} these classical features. The paper's units (PNMI 0.66) come "
-        "from a 12-layer model trained for 400k steps on 16 GPUs; `spidr-hf demo --device cuda --scale gpu` is the "
-        "larger run that fits one GPU.",
+        f"from a 12-layer model trained for 400k steps on 16 GPUs; {larger}.",
         'More in the README, section "The two commands".',
     ])  # fmt: skip
 
