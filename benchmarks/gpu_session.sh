@@ -14,6 +14,11 @@
 #      compiled with the Triton ops or the torch kernels, regional), by phase
 #   7. downstream: a base-size SpidR (fresh weights, or $SPIDR_BASE_DIR) through spidr-hf probe-phones
 #      and finetune-ctc on CUDA, on synthetic speech (needs espeak-ng on the machine)
+#   8. demo (only when named in STEPS: 8 minutes on its own): `spidr-hf demo --device cuda --scale gpu`,
+#      hours of synthetic speech, the demo_gpu recipe for a fixed time, its units against log-mel k-means
+#      (results in $OUT/demo/results.json). It needs espeak-ng: when the machine lacks it, carry its Debian
+#      packages in .debs/ (apt-get download libespeak-ng1 espeak-ng-data libpcaudio0 libsonic0); the
+#      install step unpacks them into /tmp/debs.
 # Each step has its own time limit and log ($OUT/NAME.log, or ./gpu-logs); a failed step does not
 # stop the next. At the end, one table (benchmarks/session_table.py) sets eager, compiled and the
 # package's default path side by side for the step and each kernel, with peak memory, graphs
@@ -23,6 +28,7 @@
 # there, as ../shared does not travel to a lent machine) and skip without them.
 #   bash benchmarks/gpu_session.sh                 # on the GPU machine, from the repo root
 #   STEPS="compile kernels pretrain" bash benchmarks/gpu_session.sh   # the training-speed checks (issue 13)
+#   STEPS=demo bash benchmarks/gpu_session.sh      # the GPU demo alone (issue 19)
 #   SMOKE=1 bash benchmarks/gpu_session.sh         # anywhere, a few minutes
 set -u
 OUT=${OUT:-$PWD/gpu-logs}
@@ -32,7 +38,7 @@ export PYTHONUNBUFFERED=1 SPIDR_FIXTURES=${SPIDR_FIXTURES:-$PWD/.fixtures}
 SMOKE=${SMOKE:-0}
 PY=${PYTHON:-python3}
 
-STEPS=${STEPS:-pytest kernels inference extract pretrain downstream}  # "compile": only the GPU test of the compiled step
+STEPS=${STEPS:-pytest kernels inference extract pretrain downstream}  # "compile": only the GPU test of the compiled step; "demo": the GPU demo
 
 step() {  # step NAME LIMIT_SECONDS COMMAND...: run, log, print the log's tail and the time taken
     local name=$1 limit=$2 start=$SECONDS rc
@@ -61,6 +67,11 @@ if [ "$SMOKE" != 1 ]; then  # SMOKE=1 uses the developer's environment (make tes
         }"
     export PYTHONPATH=/tmp/site
 fi
+if ls .debs/*.deb >/dev/null 2>&1; then  # espeak-ng for the demo, unpacked without root (see step 7)
+    for deb in .debs/*.deb; do dpkg-deb -x "$deb" /tmp/debs; done
+    export LD_LIBRARY_PATH=/tmp/debs/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    export ESPEAK_DATA_PATH=/tmp/debs/usr/lib/x86_64-linux-gnu  # the folder that holds espeak-ng-data
+fi
 $PY -c 'import spidr_hf, torch, transformers, triton, accelerate
 print("spidr_hf", spidr_hf.__file__, "torch", torch.__version__, "transformers", transformers.__version__,
       "triton", triton.__version__, "accelerate", accelerate.__version__, "cuda", torch.cuda.is_available())'
@@ -77,6 +88,7 @@ if [ "$SMOKE" = 1 ]; then
     step extract 300 $PY benchmarks/bench_extract.py --small --files 4 --repeats 1 --long-minutes 1
     step pretrain 300 $PY benchmarks/bench_pretrain_step.py --small --batch 2 --seconds 2 --steps 1 \
         --masks 2 --modes $STEP_MODES --compile-backend aot_eager --rows "$OUT/1-step.rows.json"
+    step demo 900 $PY -m spidr_hf.cli demo --scale gpu --device cpu --smoke --output-dir "$OUT/demo"
 else
     step kernels 200 $PY benchmarks/gpu_kernels_check.py --rows "$OUT/2-kernels.rows.json"
     step inference 90 bash -c "$PY benchmarks/bench_inference.py --device cuda --dtype bf16 --batch-size 8 \
@@ -87,6 +99,8 @@ else
     # two masks: the second masked count recompiles once (counted in the table's "graphs")
     step pretrain 400 $PY benchmarks/bench_pretrain_step.py --masks 2 --modes $STEP_MODES \
         --rows "$OUT/1-step.rows.json"
+    # 8 minutes by design (rendering, a 300 s pretraining budget, scoring); the limit leaves 1 minute over
+    step demo 540 $PY -m spidr_hf.cli demo --scale gpu --device cuda --output-dir "$OUT/demo"
 fi
 
 # a base-size encoder: $SPIDR_BASE_DIR (e.g. a converted official checkpoint), else fresh weights
@@ -104,5 +118,8 @@ torch.manual_seed(0); save_pretrained_with_code(SpidRForPreTraining($DOWN_CONFIG
     $PY -m spidr_hf.cli probe-phones \$MODEL $DOWN/train $DOWN/test --output-dir $DOWN/probe --steps $DOWN_STEPS --quiet
     $PY -m spidr_hf.cli finetune-ctc \$MODEL $DOWN/train --test-corpus $DOWN/test --output-dir $DOWN/ctc --max-steps $DOWN_STEPS --quiet"
 
+if [[ " $STEPS " == *" demo "* ]] && [ -f "$OUT/demo.log" ]; then
+    sed -n '/^Units on/,$p' "$OUT/demo.log"  # the demo's table and closing lines
+fi
 echo "=== summary: eager / compiled / default path (x: default vs compiled, above 1 = default faster)"
 $PY benchmarks/session_table.py "$OUT"

@@ -124,6 +124,10 @@ class SpidRConfig(PretrainedConfig):
         num_codebooks (`int`): codebooks, one per layer among the last `num_codebooks` layers.
         codebook_size (`int`): codewords per codebook.
         codebook_decay (`float`): EMA decay of the codebook sums and counts.
+        codebook_init_seed (`int`): seed of the codebooks' random start, drawn from a generator of its
+            own so that a model holds the same codebooks however it is built (directly, on the meta
+            device then `init_weights()`, or by `from_pretrained` of an encoder checkpoint);
+            `spidr-hf pretrain --seed` sets it.
         head_input (`str`): `"before_residual"` (SpidR: head i reads the student's FFN output
             of the layer that feeds codebook i) or `"last_hidden_state"` (DinoSR: every head
             reads the final output).
@@ -174,6 +178,7 @@ class SpidRConfig(PretrainedConfig):
         num_codebooks: int = 8,
         codebook_size: int = 256,
         codebook_decay: float = 0.9,
+        codebook_init_seed: int = 0,
         head_input: str = "before_residual",
         ema_schedule: str = "spidr",
         ema_start_decay: float = 0.999,
@@ -218,6 +223,7 @@ class SpidRConfig(PretrainedConfig):
         self.num_codebooks = num_codebooks
         self.codebook_size = codebook_size
         self.codebook_decay = codebook_decay
+        self.codebook_init_seed = codebook_init_seed
         self.head_input = head_input
         self.ema_schedule = ema_schedule
         self.ema_start_decay = ema_start_decay
@@ -407,7 +413,7 @@ _POSITIVE_INTS = (
     "num_conv_pos_embedding_groups", "num_conv_pos_embedding_layers", "num_codebooks", "codebook_size",
     "ema_final_step",
 )  # fmt: skip
-_STEPS = ("ema_frozen_step", "freeze_feature_encoder_step")
+_STEPS = ("ema_frozen_step", "freeze_feature_encoder_step", "codebook_init_seed")
 _UPPER_BOUNDS = {
     "hidden_size": 2**16, "intermediate_size": 2**18, "num_hidden_layers": 1024, "num_attention_heads": 1024,
     "codebook_size": 2**20, "num_conv_pos_embeddings": 4096, "num_conv_pos_embedding_layers": 64,

@@ -65,8 +65,9 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
     teacher shares), `teacher` (an [`SpidREncoder`] updated only by [`ema_step`]),
     `mask_embedding`, `heads` (one Linear per codebook). Buffers `codebook_sums`
     `(num_codebooks, codebook_size, hidden_size)` and `codebook_counts`
-    `(num_codebooks, codebook_size)` hold the codebooks (codeword means are sums / counts);
-    `current_step` counts the teacher's EMA steps.
+    `(num_codebooks, codebook_size)` hold the codebooks (codeword means are sums / counts; they start
+    from counts of one and sums drawn with `config.codebook_init_seed`); `current_step` counts the
+    teacher's EMA steps.
     """
 
     def __init__(self, config: SpidRConfig):
@@ -82,10 +83,10 @@ class SpidRForPreTraining(SpidRPreTrainedModel):
         self.heads = nn.ModuleList(
             nn.Linear(config.hidden_size, config.codebook_size) for _ in range(config.num_codebooks)
         )
-        self.register_buffer(
-            "codebook_sums", torch.empty(config.num_codebooks, config.codebook_size, config.hidden_size)
-        )
-        self.register_buffer("codebook_counts", torch.empty(config.num_codebooks, config.codebook_size))
+        # buffers hold their final start values from here on: a model built with weight init skipped, or on
+        # the meta device then init_weights(), holds the same as one built normally (transformers' contract)
+        self.register_buffer("codebook_sums", _initial_codebooks(config).to(torch.get_default_device()))
+        self.register_buffer("codebook_counts", torch.ones(config.num_codebooks, config.codebook_size))
         self.register_buffer("current_step", torch.zeros((), dtype=torch.long))
         # With gradient accumulation, codebook statistics wait for the optimizer step (see apply_codebook_update).
         self.defer_codebook_update = False
@@ -392,8 +393,14 @@ def _perplexity(distributions: torch.Tensor) -> torch.Tensor:
 
 
 def _initial_codebooks(config: SpidRConfig) -> torch.Tensor:
-    """Codebook sums at start: (D x K) normals standardised along K per row, transposed to (K x D)."""
-    sums = torch.randn(config.num_codebooks, config.hidden_size, config.codebook_size)
+    """Codebook sums at start, on the CPU: (D x K) normals standardised along K per row, transposed to (K x D).
+
+    Drawn from a generator seeded with `config.codebook_init_seed`, not the global one: the same
+    values for every construction of the model, whatever ran before.
+    """
+    generator = torch.Generator().manual_seed(config.codebook_init_seed)
+    shape = (config.num_codebooks, config.hidden_size, config.codebook_size)
+    sums = torch.randn(shape, generator=generator, device="cpu")
     sums = (sums - sums.mean(-1, keepdim=True)) / sums.std(-1, keepdim=True)
     return sums.transpose(1, 2).contiguous()
 

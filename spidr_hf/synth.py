@@ -25,21 +25,25 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import random
 import shutil
 from collections import Counter
-from collections.abc import Container
+from collections.abc import Container, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import torch
 
 from .audio import resample
 from .espeak import EspeakError, check_voices, espeak_version, synthesize
 from .modeling import SAMPLING_RATE, FrameGeometry, num_frames
 from .progress import progress_bar
-from .runs import prepare_output_dir
+from .runs import die_with_parent, prepare_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -262,26 +266,52 @@ def _utterance_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index) & 0xFFFFFFFF
 
 
+@dataclass(frozen=True)
+class UtterancePlan:
+    """What utterance ``index`` of a corpus says and how: drawn in order from the corpus's ``random.Random``."""
+
+    index: int
+    text: str
+    voice: str
+    rate: int
+    seed: int  # libc seed of its rendering
+
+    @classmethod
+    def draw(
+        cls, index: int, rng: random.Random, voice: str, seed: int, exclude_texts: Container[str] = ()
+    ) -> UtterancePlan:
+        """Draw the text (none of ``exclude_texts``) and rate of utterance ``index`` from ``rng``."""
+        text = make_text(rng)
+        while text in exclude_texts:
+            text = make_text(rng)
+        return cls(index, text, voice, rng.randint(*RATE_RANGE), _utterance_seed(seed, index))
+
+    def render(self) -> tuple[RenderedUtterance, np.ndarray]:
+        """Render it: the utterance's record and its 16 kHz wave (the same in any process)."""
+        wave, segments = render(self.text, self.voice, rate=self.rate, seed=self.seed)
+        return _rendered_utterance(self, wave, segments), wave
+
+
 def render_utterance(
     index: int, rng: random.Random, voice: str, seed: int, exclude_texts: Container[str] = ()
 ) -> tuple[RenderedUtterance, np.ndarray]:
     """Draw the text (none of ``exclude_texts``) and rate of utterance ``index`` from ``rng`` and render it."""
-    text = make_text(rng)
-    while text in exclude_texts:
-        text = make_text(rng)
-    rate = rng.randint(*RATE_RANGE)
-    wave, segments = render(text, voice, rate=rate, seed=_utterance_seed(seed, index))
-    speaker = speaker_name(voice)
-    utt = RenderedUtterance(
-        id=f"{speaker}/utt{index:05d}",
+    return UtterancePlan.draw(index, rng, voice, seed, exclude_texts).render()
+
+
+def _rendered_utterance(
+    plan: UtterancePlan, wave: np.ndarray, segments: list[tuple[str, float, float]]
+) -> RenderedUtterance:
+    speaker = speaker_name(plan.voice)
+    return RenderedUtterance(
+        id=f"{speaker}/utt{plan.index:05d}",
         speaker=speaker,
-        voice=voice,
-        text=text,
+        voice=plan.voice,
+        text=plan.text,
         num_samples=int(wave.size),
         segments=segments,
         phones=frame_alignment(segments, wave.size),
     )
-    return utt, wave
 
 
 def item_rows(utt: RenderedUtterance) -> list[str]:
@@ -407,6 +437,28 @@ def _prepare_output(root: Path, overwrite: bool) -> None:
     prepare_output_dir(root)
 
 
+_PLANS_PER_WORKER = 8  # utterances per worker and round: few enough that little is rendered past the target
+
+
+@contextmanager
+def _render_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """Processes that render utterances (none for one worker); they die with this process."""
+    if workers == 1:
+        yield None
+        return
+    # forkserver: workers fork from a clean process that imported this module once (a fork of this process
+    # would copy torch's threads and an espeak-ng session mid-use; spawn would import torch in every worker)
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_render_worker) as pool:
+        yield pool
+
+
+def _start_render_worker() -> None:
+    die_with_parent()
+    torch.set_num_threads(1)  # one process per core already: resampling threads would only compete
+
+
 def synthesize_corpus(
     out_dir: str | Path,
     minutes: float,
@@ -415,6 +467,7 @@ def synthesize_corpus(
     progress: bool = True,
     overwrite: bool = False,
     exclude_texts: Container[str] = (),
+    workers: int = 1,
 ) -> CorpusInfo:
     """Render about ``minutes`` of speech (at least one utterance) into ``out_dir``.
 
@@ -422,9 +475,13 @@ def synthesize_corpus(
     ``random.Random(seed)``, so the same seed gives byte-identical audio and alignments.
     ``exclude_texts`` (e.g. another corpus's texts, for held-out speech) are never rendered.
     An existing corpus in ``out_dir`` is an error unless ``overwrite`` (then its audio is removed).
+    With ``workers`` > 1, utterances render in that many processes; the texts are still drawn in
+    order and the files written in order, so the corpus is byte-identical to a serial render.
     """
     if minutes <= 0:
         raise ValueError(f"minutes must be positive, got {minutes}")
+    if not (isinstance(workers, int) and workers >= 1):
+        raise ValueError(f"workers must be a positive integer (processes that render), got {workers!r}")
     voices = list(voices or DEFAULT_VOICES)
     speakers = [speaker_name(v) for v in voices]
     if len(set(speakers)) != len(speakers):
@@ -444,17 +501,25 @@ def synthesize_corpus(
         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio [{elapsed}<{remaining}{postfix}]",
         disable=not progress,
     )
-    with bar:
+    with bar, _render_pool(workers) as pool:
         while total < target_samples:
-            index = len(utterances)
-            utt, wave = render_utterance(index, rng, voices[index % len(voices)], seed, exclude_texts)
-            path = root / "audio" / f"{utt.id}.wav"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(path, wave, SAMPLING_RATE, subtype="PCM_16")
-            utterances.append(utt)
-            total += utt.num_samples
-            bar.update(min(utt.num_samples, target_samples - bar.n))
-            bar.set_postfix(utterances=len(utterances))
+            # a round of plans drawn in order; what a round renders past the target is not kept
+            first = len(utterances)
+            plans = [
+                UtterancePlan.draw(index, rng, voices[index % len(voices)], seed, exclude_texts)
+                for index in range(first, first + (1 if pool is None else workers * _PLANS_PER_WORKER))
+            ]
+            rendered = map(UtterancePlan.render, plans) if pool is None else pool.map(UtterancePlan.render, plans)
+            for utt, wave in rendered:
+                if total >= target_samples:
+                    break
+                path = root / "audio" / f"{utt.id}.wav"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(path, wave, SAMPLING_RATE, subtype="PCM_16")
+                utterances.append(utt)
+                total += utt.num_samples
+                bar.update(min(utt.num_samples, target_samples - bar.n))
+                bar.set_postfix(utterances=len(utterances))
     phones = phone_inventory({p for u in utterances for p, _, _ in u.segments})
     info = CorpusInfo(
         root=root,

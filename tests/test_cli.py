@@ -23,7 +23,8 @@ KEBAB = {
     "synth-corpus": ["corpus", "--minutes", "0.5", "--overwrite"],
     "baseline": ["audio/", "--fit", "train/", "--features", "mfcc", "--clusters", "8", "--output-dir", "b",
                  "--audio-column", "speech"],
-    "demo": ["--output-dir", "d", "--max-steps", "3", "--heldout-minutes", "1", "--curve-every", "2"],
+    "demo": ["--output-dir", "d", "--max-steps", "3", "--heldout-minutes", "1", "--curve-every", "2", "--scale", "gpu",
+             "--device", "cpu", "--time-budget", "60"],
 }  # fmt: skip
 
 
@@ -269,6 +270,7 @@ def test_numbers_are_checked_by_the_parsers(capsys):
         ("baseline", ["a", "--clusters", "0", "--output-dir", "o"], "--clusters"),
         ("demo", ["--heldout-minutes", "-1"], "--heldout-minutes"),
         ("demo", ["--curve-every", "0"], "--curve-every"),
+        ("demo", ["--time-budget", "0"], "--time-budget"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             load_command(name).build_parser().parse_args(argv)

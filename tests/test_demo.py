@@ -16,11 +16,12 @@ from spidr_hf.espeak import espeak_available
 def test_demo_smoke_writes_every_output(tmp_path, capsys):
     out = tmp_path / "demo"
     assert cli(["demo", "--smoke", "--output-dir", str(out)]) == 0
-    printed = capsys.readouterr().out
-    for row in (r"baseline\s+logmel k-means", r"baseline\s+mfcc k-means", r"initial\s+head\s+\d",
-                r"trained\s+head\s+\d", r"trained\s+features \+ k-means\s+\d"):  # fmt: skip
-        assert re.search(rf"^{row}\s+\d\.\d{{3}}\s", printed, flags=re.M), (row, printed)
-    assert "x the log-mel PNMI" in printed
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert_rows_and_closing_lines(printed)
+    assert_no_raw_logs(captured)
+    # one progress bar for pretraining, the loss in its postfix (off a terminal: a line per refresh)
+    assert re.search(r"^pretrain: .*loss=\d", captured.err, flags=re.M), captured.err
 
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
@@ -39,7 +40,10 @@ def test_demo_smoke_writes_every_output(tmp_path, capsys):
     assert results["learning_curve"][0]["head"] == initial_heads
     layers = [str(layer) for layer in range(1, 5)]  # the tiny model's 4 layers: head units and features + k-means
     assert all(sorted(e["kmeans"]) == layers and len(e["head"]) == 2 for e in results["learning_curve"])
-    assert set(results["goal"]) >= {"head_over_logmel", "kmeans_over_logmel", "head_goal_met", "kmeans_goal_met"}
+    assert set(results["comparison"]) >= {"logmel_pnmi", "best_head_pnmi", "initial_head_pnmi", "head_over_logmel"}
+    assert results["steps"] == results["max_steps"] == 4 and not results["stopped_by_time_budget"]
+    logged = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in logged if "loss" in e] == [1, 2, 3, 4] and "train_runtime" in logged[-1]
 
     # held out: other sentences, and voices never heard in training
     texts = {json.loads(line)["text"] for line in (out / "corpus" / "manifest.jsonl").read_text().splitlines()}
@@ -66,6 +70,57 @@ def test_demo_smoke_writes_every_output(tmp_path, capsys):
     from transformers import AutoModel
 
     assert type(AutoModel.from_pretrained(out / "trained_model")).__name__ == "SpidRModel"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (apt-get install espeak-ng)")
+def test_gpu_scale_runs_end_to_end_on_a_cpu_in_smoke_size(tmp_path, capsys):
+    """`--scale gpu` is the path a lent GPU runs (demo_gpu recipe, parallel rendering, time budget, bf16), here on
+    the CPU with tiny numbers; `--quiet` leaves the table and its closing lines, nothing else."""
+    out = tmp_path / "gpu"
+    assert cli(["demo", "--scale", "gpu", "--device", "cpu", "--smoke", "--quiet", "--output-dir", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert_rows_and_closing_lines(captured.out)
+    assert "this run is the one-GPU scale" in captured.out
+    assert_no_raw_logs(captured)
+    assert "pretrain" not in captured.err and "synthesizing" not in captured.err  # --quiet: no bars
+
+    results = json.loads((out / "results.json").read_text())
+    settings = results["settings"]
+    assert (results["recipe"], results["device"], results["clusters"]) == ("demo_gpu", "cpu", 256)
+    assert settings["render_workers"] >= 1 and settings["time_budget_s"] == 300.0 and settings["batch_seconds"] == 5.0
+    assert results["steps"] == 2 and not results["stopped_by_time_budget"]
+    assert results["parameters_millions"] > 10  # the demo_gpu model, not the tiny one
+    assert {r["layer"] for r in results["rows"] if r["model"] == "trained" and r["units"] == "head"} == {5, 6, 7, 8}
+    assert (out / "trained_model" / "model.safetensors").is_file()
+
+
+def test_demo_on_cuda_without_a_gpu_is_a_user_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert cli(["demo", "--device", "cuda", "--smoke", "--output-dir", str(tmp_path / "d")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "spidr-hf demo: error: --device cuda: no CUDA device is visible here; run with --device cpu."
+    )
+    assert not (tmp_path / "d").exists()
+
+
+def assert_rows_and_closing_lines(printed: str) -> None:
+    for row in (r"baseline\s+logmel k-means", r"baseline\s+mfcc k-means", r"initial\s+head\s+\d",
+                r"trained\s+head\s+\d", r"trained\s+features \+ k-means\s+\d"):  # fmt: skip
+        assert re.search(rf"^{row}\s+\d\.\d{{3}}\s", printed, flags=re.M), (row, printed)
+    # the closing lines say what the table means, in a user's words; no internal goal
+    assert re.search(r"^Pretraining: \d+ steps in \d+ s on cpu", printed, flags=re.M), printed
+    assert "What the table shows: PNMI (0 to 1)" in printed and "log-mel k-means, with no learning at all" in printed
+    assert "The paper's units (PNMI 0.66)" in printed
+    assert "--device cuda --scale gpu` is the larger run" in printed or "this run is the one-GPU scale" in printed
+    assert 'More in the README, section "The two commands".' in printed
+    assert "goal" not in printed
+
+
+def assert_no_raw_logs(captured) -> None:
+    """The Trainer's log dicts go to training_log.jsonl, never to the terminal."""
+    for stream in (captured.out, captured.err):
+        assert "{'loss'" not in stream and "'train_runtime'" not in stream and "'grad_norm'" not in stream
 
 
 def test_demo_rejects_bad_settings(tmp_path, capsys):

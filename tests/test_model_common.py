@@ -17,6 +17,7 @@ import pytest
 import torch
 from pretrain_worker import micro_config, padded_batch
 from spidr_hf.training import compute_span_mask
+from transformers import initialization as init
 
 from spidr_hf import (
     SpidRFeatureExtractor,
@@ -189,6 +190,44 @@ def test_heads_from_an_encoder_checkpoint_are_initialised_deterministically(mode
     layers = model.config.num_hidden_layers + 1
     assert torch.equal(model.layer_weights, torch.full((layers,), 1 / layers))
     assert all(torch.isfinite(t).all() for t in model.state_dict().values())
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_init_weights_can_init_buffers(model_class):
+    """transformers' common test: buffers as `__init__` registers them (weight init skipped) equal those that
+    `init_weights()` gives a model built on the meta device. `codebook_sums` / `codebook_counts` used to be
+    `torch.empty` in `__init__` (garbage with init skipped) and the codebook start drew from the global RNG."""
+    with init.no_init_weights():
+        from_init = model_class(_config())
+    with torch.device("meta"):
+        from_meta = model_class(_config())
+    from_meta.to_empty(device="cpu")
+    from_meta.init_weights()
+    buffers, meta_buffers = dict(from_init.named_buffers()), dict(from_meta.named_buffers())
+    assert sorted(buffers) == sorted(meta_buffers)
+    assert [name for name, value in buffers.items() if not torch.equal(value, meta_buffers[name])] == []
+
+
+def test_buffers_are_the_same_however_the_model_is_built(tmp_path):
+    """Built directly, on meta then `init_weights()`, or by `from_pretrained` of an encoder checkpoint, whatever
+    the global seed: the same buffers; `codebook_init_seed` (the run's `--seed`) changes the codebook start."""
+    torch.manual_seed(1)
+    direct = SpidRForPreTraining(_config())
+    with torch.device("meta"):
+        from_meta = SpidRForPreTraining(_config())
+    from_meta.to_empty(device="cpu")
+    torch.manual_seed(2)
+    from_meta.init_weights()
+    _model(SpidRModel).save_pretrained(tmp_path / "encoder")
+    torch.manual_seed(3)
+    loaded = SpidRForPreTraining.from_pretrained(tmp_path / "encoder")
+    expected = dict(direct.named_buffers())
+    assert sorted(expected) == ["codebook_counts", "codebook_sums", "current_step"]
+    for model in (from_meta, loaded):
+        _assert_states_equal(dict(model.named_buffers()), expected)
+    assert torch.equal(direct.codebook_counts, torch.ones_like(direct.codebook_counts))
+    reseeded = SpidRForPreTraining(_config(codebook_init_seed=1)).codebook_sums
+    assert reseeded.shape == direct.codebook_sums.shape and not torch.equal(reseeded, direct.codebook_sums)
 
 
 @pytest.mark.parametrize("model_class", MODEL_CLASSES)

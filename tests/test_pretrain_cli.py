@@ -153,6 +153,11 @@ def test_model_config_resolves_names_files_and_directories(tmp_path):
     continued = load_pretraining_model(str(tmp_path / "model"), "codebook_decay=0.5")
     assert int(continued.current_step) == 42 and continued.config.codebook_decay == 0.5
     torch.testing.assert_close(continued.codebook_sums, tiny.codebook_sums)
+    continued_seed_1 = load_pretraining_model(str(tmp_path / "model"), seed=1)  # the checkpoint's codebooks stay
+    torch.testing.assert_close(continued_seed_1.codebook_sums, tiny.codebook_sums)
+    # the run's seed draws the codebook start; the same seed, the same start whatever the global RNG did
+    seeded = [load_pretraining_model("tiny", seed=seed).codebook_sums for seed in (1, 1, 2)]
+    assert torch.equal(seeded[0], seeded[1]) and not torch.equal(seeded[0], seeded[2])
     with pytest.raises(ValueError, match="head_input"):
         load_pretraining_model("tiny", "head_input=neither")
     with pytest.raises(FileNotFoundError):

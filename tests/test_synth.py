@@ -229,6 +229,20 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(corpus: synth.Corpus
     ).read_bytes()
 
 
+def test_parallel_render_is_byte_identical_to_the_serial_one(corpus: synth.CorpusInfo, tmp_path: Path) -> None:
+    """Three processes (each round renders past the target: the extra utterances must not be kept)."""
+    parallel = synth.synthesize_corpus(tmp_path / "parallel", MINUTES, seed=0, progress=False, workers=3)
+    files = sorted(p.relative_to(corpus.root) for p in corpus.root.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(parallel.root) for p in parallel.root.rglob("*") if p.is_file())
+    for rel in files:
+        ours, theirs = [(root / rel).read_bytes() for root in (parallel.root, corpus.root)]
+        if rel.name == "manifest.tsv":  # its first line is the corpus's absolute audio folder
+            ours, theirs = ours.split(b"\n", 1)[1], theirs.split(b"\n", 1)[1]
+        assert ours == theirs, rel
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        synth.synthesize_corpus(tmp_path / "none", MINUTES, progress=False, workers=0)
+
+
 def test_existing_corpus_needs_overwrite(corpus: synth.CorpusInfo) -> None:
     with pytest.raises(FileExistsError, match="overwrite"):
         synth.synthesize_corpus(corpus.root, 0.01, progress=False)

@@ -556,3 +556,27 @@ def test_tiny_config_learns_on_speechlike_audio(tmp_path):
     assert last["prediction_perplexity"] < 0.25 * first["prediction_perplexity"]
     assert all(e["target_perplexity"] > 2.5 for e in logs)  # several codewords in use: no collapse to one
     assert all(e["audio_seconds_per_second"] > 0 for e in logs)
+
+
+def test_time_budget_stops_at_the_first_step_past_it():
+    from spidr_hf.training import TimeBudget
+    from transformers import TrainerControl, TrainerState
+
+    now = [100.0]
+    budget = TimeBudget(10.0, clock=lambda: now[0])
+    state, control = TrainerState(max_steps=50), TrainerControl()
+    budget.on_train_begin(None, state, control)
+    for step, seconds in ((1, 104.0), (2, 109.9)):
+        state.global_step, now[0] = step, seconds
+        budget.on_step_end(None, state, control)
+        assert not control.should_training_stop and not budget.stopped_early
+    state.global_step, now[0] = 3, 110.0
+    budget.on_step_end(None, state, control)
+    assert control.should_training_stop and budget.stopped_early
+    # a run that reaches max_steps past its budget ended by max_steps, not by the budget
+    budget.on_train_begin(None, state, TrainerControl())
+    state.global_step, now[0] = 50, 200.0
+    budget.on_step_end(None, state, control := TrainerControl())
+    assert not budget.stopped_early
+    with pytest.raises(ValueError, match="time budget must be a positive number of seconds"):
+        TimeBudget(0)

@@ -24,7 +24,13 @@ from .data import (
 from .masking import compute_span_mask
 from .monitoring import PretrainingError
 from .recipe import BUILTIN_RECIPES, TriStageSchedule, load_pretraining_model, load_recipe
-from .trainer import SpidRPretrainer, SpidRTeacherCallback, pretraining_param_groups
+from .trainer import (
+    PretrainingProgress,
+    SpidRPretrainer,
+    SpidRTeacherCallback,
+    TimeBudget,
+    pretraining_param_groups,
+)
 
 __all__ = [
     "BUILTIN_RECIPES",
@@ -32,10 +38,12 @@ __all__ = [
     "PreparedBatches",
     "PretrainingCollator",
     "PretrainingError",
+    "PretrainingProgress",
     "SpidRAudioDataset",
     "SpidRPretrainer",
     "SpidRTeacherCallback",
     "SpidRTrainingArguments",
+    "TimeBudget",
     "TriStageSchedule",
     "checkpoint_problem",
     "compute_span_mask",

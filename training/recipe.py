@@ -102,7 +102,9 @@ class TriStageSchedule:
 
 
 # ------------------------------------------------------------------------------ model
-def load_pretraining_model(model_config: str, config_overrides: str | None = None) -> SpidRForPreTraining:
+def load_pretraining_model(
+    model_config: str, config_overrides: str | None = None, seed: int | None = None
+) -> SpidRForPreTraining:
     """The model a run starts from.
 
     Args:
@@ -112,6 +114,8 @@ def load_pretraining_model(model_config: str, config_overrides: str | None = Non
             teacher, codebooks and `current_step`; the optimizer and schedule start afresh).
         config_overrides: `SpidRConfig` fields to change, as in transformers' example scripts:
             `"freeze_feature_encoder_step=1000,ema_timescale=2000"` (`PretrainedConfig.update_from_string`).
+        seed: the run's seed, given to `SpidRConfig.codebook_init_seed` (the codebooks' start, when the
+            model has none yet) before the overrides; the other weights follow the global seed (`set_seed`).
     """
     path = Path(model_config)
     if model_config == "base":
@@ -119,7 +123,7 @@ def load_pretraining_model(model_config: str, config_overrides: str | None = Non
     elif model_config == "tiny":
         config = SpidRConfig.tiny()
     elif path.is_dir() and weights_file(path) != str(path):
-        config = check_model_fits(_with_overrides(read_spidr_config(path), config_overrides))
+        config = check_model_fits(_with_overrides(read_spidr_config(path), config_overrides, seed))
         return from_pretrained(SpidRForPreTraining, path, config=config)
     elif (path / "config.json").is_file() or path.is_file():
         config = read_spidr_config(path)
@@ -127,17 +131,20 @@ def load_pretraining_model(model_config: str, config_overrides: str | None = Non
         raise FileNotFoundError(
             f"--model_config {model_config!r} is neither 'base', 'tiny', a config.json nor a model directory."
         )
-    return SpidRForPreTraining(check_model_fits(_with_overrides(config, config_overrides)))
+    return SpidRForPreTraining(check_model_fits(_with_overrides(config, config_overrides, seed)))
 
 
-def _with_overrides(config: SpidRConfig, overrides: str | None) -> SpidRConfig:
-    """`config` with `"name=value,..."` applied, rebuilt so `SpidRConfig` checks the new values now."""
-    if not overrides:
+def _with_overrides(config: SpidRConfig, overrides: str | None, seed: int | None = None) -> SpidRConfig:
+    """`config` with the seed and `"name=value,..."` applied, rebuilt so `SpidRConfig` checks the new values now."""
+    if seed is None and not overrides:
         return config
-    try:
-        config.update_from_string(overrides)
-    except ValueError as err:  # transformers' message names the key or value, not the flag
-        raise ValueError(f"--config_overrides {overrides!r}: {err}") from err
+    if seed is not None:
+        config.codebook_init_seed = seed
+    if overrides:
+        try:
+            config.update_from_string(overrides)
+        except ValueError as err:  # transformers' message names the key or value, not the flag
+            raise ValueError(f"--config_overrides {overrides!r}: {err}") from err
     return SpidRConfig.from_dict(config.to_dict())
 
 
@@ -152,7 +159,10 @@ def load_recipe(recipe: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         if str(recipe) in BUILTIN_RECIPES:
             return dict(BUILTIN_RECIPES[str(recipe)])
-        raise FileNotFoundError(f"recipe {recipe!r} is neither a file nor one of {sorted(BUILTIN_RECIPES)}.")
+        if str(recipe) in recipe_files():
+            return load_recipe(recipe_files()[str(recipe)])
+        names = sorted({*BUILTIN_RECIPES, *recipe_files()})
+        raise FileNotFoundError(f"recipe {recipe!r} is neither a file nor one of {names}.")
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".toml":
         values = tomllib.loads(text)
@@ -161,6 +171,15 @@ def load_recipe(recipe: str | os.PathLike) -> dict[str, Any]:
     else:
         raise ValueError(f"recipe {path} must be a .toml or .json file.")
     return _flatten_tables(values, str(path))
+
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+"""The recipe files that ship with the package (`--recipe NAME` finds `NAME.toml` here)."""
+
+
+def recipe_files() -> dict[str, Path]:
+    """Name -> path of each recipe file shipped in `RECIPE_DIR`."""
+    return {path.stem: path for path in sorted(RECIPE_DIR.glob("*.toml"))}
 
 
 def _flatten_tables(values: dict[str, Any], where: str) -> dict[str, Any]:
@@ -191,9 +210,11 @@ def format_hours(hours: float) -> str:
 
 __all__ = [
     "BUILTIN_RECIPES",
+    "RECIPE_DIR",
     "TriStageSchedule",
     "format_hours",
     "hours_of_audio",
     "load_pretraining_model",
     "load_recipe",
+    "recipe_files",
 ]

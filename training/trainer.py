@@ -25,11 +25,13 @@ expected to work: the EMA and the codebook update read full (unsharded) paramete
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import pickle
 import shutil
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from itertools import cycle, islice
 from pathlib import Path
@@ -162,12 +164,60 @@ class SpidRTeacherCallback(TrainerCallback):
 
 
 class PretrainingProgress(ProgressCallback):
-    """The Trainer's progress bar under the package's policy (:mod:`spidr_hf.progress`): a line every few percent in a log."""
+    """The Trainer's progress bar under the package's policy (:mod:`spidr_hf.progress`: a line every few percent
+    in a log, nothing with ``--quiet``), with the last logged loss and perplexities in its postfix.
+
+    Each training log (the dict the Trainer writes under its bar) is appended to `log_file` as a JSON line
+    when one is given, so that the bar stays the only output; without one it is written under the bar.
+    """
+
+    POSTFIX = {"loss": "loss", "target_perplexity": "target ppl", "prediction_perplexity": "predicted ppl"}
+    """Log keys shown in the bar's postfix, with their labels."""
+
+    def __init__(self, log_file: str | os.PathLike | None = None) -> None:
+        super().__init__()
+        self.log_file = Path(log_file) if log_file is not None else None
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if state.is_world_process_zero:
             self.training_bar = progress_bar(state.max_steps, desc="pretrain", unit="step", dynamic_ncols=True)
         self.current_step = 0
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
+        if not state.is_world_process_zero or logs is None:
+            return
+        postfix = {label: f"{logs[key]:.3g}" for key, label in self.POSTFIX.items() if key in logs}
+        if postfix and self.training_bar is not None:
+            self.training_bar.set_postfix(postfix)
+        if self.log_file is None:
+            super().on_log(args, state, control, logs=logs, **kwargs)
+            return
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("a", encoding="utf-8") as log:
+            log.write(json.dumps({"step": state.global_step, **logs}, default=str) + "\n")
+
+
+class TimeBudget(TrainerCallback):
+    """Stop training at the first optimizer step that ends `seconds` or more after training began.
+
+    For runs sized by wall-clock time (the GPU demo): `max_steps` stays an upper bound, and
+    `stopped_early` tells whether the budget, not `max_steps`, ended the run.
+    """
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if not seconds > 0:
+            raise ValueError(f"the training time budget must be a positive number of seconds, got {seconds!r}.")
+        self.seconds, self.clock = seconds, clock
+        self.started: float | None = None
+        self.stopped_early = False
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.started, self.stopped_early = self.clock(), False
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if self.clock() - self.started >= self.seconds and state.global_step < state.max_steps:
+            control.should_training_stop = True
+            self.stopped_early = True
 
 
 # ---------------------------------------------------------------------------------- data loading
@@ -597,6 +647,7 @@ __all__ = [
     "FixedLengthEpochs",
     "SpidRPretrainer",
     "SpidRTeacherCallback",
+    "TimeBudget",
     "build_train_dataset",
     "feature_encoder_parameters",
     "freeze_feature_encoder_if_due",

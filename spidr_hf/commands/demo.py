@@ -5,26 +5,41 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from transformers.utils import logging as transformers_logging
+
 from spidr_hf.commands import CommandParser, apply_output_flags, command, positive_float, positive_int
-from spidr_hf.demo import DemoSettings, run_demo
+from spidr_hf.demo import SCALES, DemoSettings, run_demo
 from spidr_hf.runs import prepare_output_dir
 
-DESCRIPTION = "pretrain a tiny SpidR on synthetic speech and compare its units with log-mel / MFCC k-means on held-out speech"
+DESCRIPTION = "pretrain a SpidR on synthetic speech and compare its units with log-mel / MFCC k-means on held-out speech"
 
 SMOKE = {"minutes": 0.5, "heldout_minutes": 0.25, "max_steps": 4, "curve_every": 2, "kmeans_fit_minutes": 0.5}
+# the gpu scale's model on a CPU (bf16 autocast, as on the GPU) is slow: one 5 s crop per step, two steps
+SMOKE_BY_SCALE = {"cpu": SMOKE, "gpu": {**SMOKE, "max_steps": 2, "batch_seconds": 5.0}}
+
+# flag -> DemoSettings field; a flag left out keeps the scale's value
+_FLAGS = ("minutes", "heldout_minutes", "max_steps", "curve_every", "seed", "device", "time_budget_s")
 
 
 def build_parser() -> CommandParser:
     defaults = DemoSettings()
+    gpu = SCALES["gpu"]
     parser = CommandParser(prog="spidr-hf demo", description=DESCRIPTION)
     parser.add_argument("--output-dir", default=defaults.output_dir, help="where every output goes")
-    parser.add_argument("--minutes", type=positive_float, default=defaults.minutes, help="minutes of training speech")
-    parser.add_argument("--heldout-minutes", type=positive_float, default=defaults.heldout_minutes,
+    parser.add_argument("--scale", choices=sorted(SCALES), default="cpu",
+                        help=f"cpu: the tiny SpidR on {defaults.minutes:g} min of speech (make demo); gpu: the "
+                        f"{gpu['recipe']} recipe on {gpu['minutes'] / 60:g} h of speech for {gpu['time_budget_s']:g} s "
+                        "(with --device cuda; 8 min on one H100)")  # fmt: skip
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="where the model trains and is scored (default: cpu)")
+    parser.add_argument("--minutes", type=positive_float, help=f"minutes of training speech (default: {defaults.minutes:g}; gpu: {gpu['minutes']:g})")
+    parser.add_argument("--heldout-minutes", type=positive_float,
                         help="minutes of held-out speech (other sentences, two unseen voices) every row is scored on")  # fmt: skip
-    parser.add_argument("--max-steps", type=positive_int, help="pretraining steps (default: the tiny_cpu recipe's)")
-    parser.add_argument("--curve-every", type=positive_int, default=defaults.curve_every, help="steps between two learning-curve points")
+    parser.add_argument("--max-steps", type=positive_int, help="pretraining steps (default: the scale's recipe's)")
+    parser.add_argument("--time-budget", dest="time_budget_s", type=positive_float,
+                        help=f"seconds of pretraining, after which it stops (default: none; gpu: {gpu['time_budget_s']:g})")  # fmt: skip
+    parser.add_argument("--curve-every", type=positive_int, help="steps between two learning-curve points")
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--smoke", action="store_true", help="a quick end-to-end check: "
+    parser.add_argument("--smoke", action="store_true", help="a quick end-to-end check of the scale's path: "
                         + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in SMOKE.items()))  # fmt: skip
     return parser
 
@@ -32,17 +47,12 @@ def build_parser() -> CommandParser:
 @command("demo")
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    settings = DemoSettings(
-        output_dir=args.output_dir,
-        minutes=args.minutes,
-        heldout_minutes=args.heldout_minutes,
-        max_steps=args.max_steps,
-        curve_every=args.curve_every,
-        seed=args.seed,
-    )
+    given = {name: getattr(args, name) for name in _FLAGS if getattr(args, name) is not None}
+    settings = DemoSettings(**{**SCALES[args.scale], "output_dir": args.output_dir, **given})
     if args.smoke:
-        settings = dataclasses.replace(settings, **SMOKE)
+        settings = dataclasses.replace(settings, **SMOKE_BY_SCALE[args.scale])
     apply_output_flags(args, level=logging.WARNING)
+    transformers_logging.disable_progress_bar()  # its bars (writing the small models) would break the pretraining bar
     prepare_output_dir(settings.output_dir, "--output-dir", create=False)
     run_demo(settings)
     return 0

@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
     if args.should_save:
         prepare_output_dir(args.output_dir, "--output-dir")
     set_seed(args.seed)  # the same weights on every rank, and for every run with this seed
-    model = load_pretraining_model(args.model_config, args.config_overrides)
+    model = load_pretraining_model(args.model_config, args.config_overrides, seed=args.seed)
     trainer = SpidRPretrainer(model, args)
     if flags.quiet:  # the metrics still reach the loggers (TensorBoard ...), not the terminal
         trainer.pop_callback(PrinterCallback)
