@@ -22,6 +22,8 @@ COMMANDS: dict[str, str] = {
     "evaluate": "evaluate",
     "synth-corpus": "synth_corpus",
     "demo": "demo",
+    "lm-train": "lm_train",
+    "lm-score": "lm_score",
 }
 
 

@@ -24,6 +24,9 @@ KEBAB = {
     "baseline": ["audio/", "--fit", "train/", "--features", "mfcc", "--clusters", "8", "--output-dir", "b",
                  "--audio-column", "speech"],
     "demo": ["--output-dir", "d", "--max-steps", "3", "--heldout-minutes", "1", "--curve-every", "2"],
+    "lm-train": ["u.jsonl", "--output-dir", "lm", "--max-steps", "3", "--block-size", "16", "--num-units", "8",
+                 "--resume-from-checkpoint"],
+    "lm-score": ["lm", "model", "bench/", "--output-dir", "s", "--layer", "2", "--batch-size", "4"],
 }  # fmt: skip
 
 
