@@ -189,6 +189,7 @@ def test_lm_score_reads_a_baseline_quantizer(tmp_path, tiny_lm):
 
 
 def _one_line_error(capsys, argv, command, *words) -> None:
+    capsys.readouterr()  # what came before (progress bars of fixtures)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"spidr-hf {command}: error: ") and "\n" not in err, err
@@ -217,3 +218,18 @@ def test_bad_inputs_are_one_line_errors_with_nothing_written(tmp_path, tiny_lm, 
     _one_line_error(capsys, ["lm-score", str(tiny_lm), str(tmp_path / "big.jsonl"), str(bench), "--output-dir", str(out)],
                     "lm-score", "f9v10.wav is not in", "do not match")  # fmt: skip
     assert not out.exists()
+
+
+def test_lm_score_extracts_units_of_a_spidr_model(tmp_path, tiny_lm, tiny_config, capsys):
+    from spidr_hf import SpidRForPreTraining
+
+    torch.manual_seed(0)
+    SpidRForPreTraining(tiny_config).save_pretrained(tmp_path / "model")
+    _zerospeech(tmp_path / "bench", pairs=2, voices=("v1",))
+    args = ["lm-score", str(tiny_lm), str(tmp_path / "model"), str(tmp_path / "bench"), "--device", "cpu", "--quiet"]
+    _one_line_error(capsys, [*args, "--output-dir", str(tmp_path / "none")], "lm-score", "give --layer")
+    layer = str(tiny_config.codebook_layers[0])
+    assert main([*args, "--output-dir", str(tmp_path / "scores"), "--units", "head", "--layer", layer]) == 0
+    extracted = [json.loads(line) for line in (tmp_path / "scores" / "units" / "units.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in extracted) == sorted(p.stem for p in (tmp_path / "bench").glob("*.wav"))
+    assert json.loads((tmp_path / "scores" / "lm_scores.json").read_text())["benchmarks"]["bench"]["sum"]["pairs"] == 2
