@@ -29,6 +29,7 @@ from transformers import set_seed
 
 from spidr_hf import evaluation as ev
 from spidr_hf.audio import load_audio, standardize
+from spidr_hf.lm.demo_stage import LMStageSettings, lm_table, run_lm_stage
 from spidr_hf.model_dir import save_pretrained_with_code
 from spidr_hf.synth import synthesize_corpus
 from spidr_hf.training import (
@@ -63,6 +64,7 @@ class DemoSettings:
     curve_every: int = 500  # steps between two scorings of the learning curve
     kmeans_fit_minutes: float = 3.0  # of training speech that every k-means is fitted on
     loss_batch_utterances: int = 8
+    lm_stage: bool = True  # unit LMs on the synthetic benchmark (spidr_hf.lm.demo_stage)
 
 
 # --------------------------------------------------------------------------- the run
@@ -136,11 +138,17 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
         "trained_model": str(trained_dir),
     }
     results["goal"] = goal_check(results["rows"])
+    if settings.lm_stage:
+        print("      Training unit LMs on each system's units, scoring the synthetic lexical/syntactic benchmark")
+        results["lm"] = run_lm_stage(out, fit_corpus, {"initial": out / "initial_model", "trained": trained_dir},
+                                     results["rows"], k, LMStageSettings(seed=settings.seed))  # fmt: skip
     results["plots"] = [str(p) for p in write_plots(out / "plots", results, baselines, trained)]
     results["elapsed_seconds"] = round(time.perf_counter() - started, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print()
     print(results_table(results))
+    if results.get("lm"):
+        print("\n" + lm_table(results["lm"]))
     print(f"\nOutputs in {out}/: results.json, plots/, units/, trained_model/, initial_model/, corpus/, heldout/")
     return results
 

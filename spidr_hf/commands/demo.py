@@ -24,6 +24,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--max-steps", type=positive_int, help="pretraining steps (default: the tiny_cpu recipe's)")
     parser.add_argument("--curve-every", type=positive_int, default=defaults.curve_every, help="steps between two learning-curve points")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--no-lm", action="store_true", help="skip the unit-LM stage (spidr_hf.lm.demo_stage)")
     parser.add_argument("--smoke", action="store_true", help="a quick end-to-end check: "
                         + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in SMOKE.items()))  # fmt: skip
     return parser
@@ -39,6 +40,7 @@ def main(argv: list[str]) -> int:
         max_steps=args.max_steps,
         curve_every=args.curve_every,
         seed=args.seed,
+        lm_stage=not args.no_lm,
     )
     if args.smoke:
         settings = dataclasses.replace(settings, **SMOKE)

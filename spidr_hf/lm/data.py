@@ -1,9 +1,10 @@
 """Training data of a unit LM: ``units.jsonl`` files (``spidr-hf extract --units``, ``spidr-hf baseline``)
 -> deduplicated unit sequences -> ``<s> units </s>`` token ids -> a ``datasets.Dataset`` of packed blocks.
 
-Packing concatenates every sequence's ids and cuts the stream into blocks of ``block_size`` tokens
-(the last, shorter block is dropped, as in transformers' ``run_clm`` recipe), so no step is spent on
-padding; sequences cross block boundaries and ``<s>``/``</s>`` mark where they start and end.
+Packing concatenates every sequence's ids and cuts the stream into blocks of ``block_size`` tokens, so
+steps are not spent on padding; sequences cross block boundaries and ``<s>``/``</s>`` mark where they
+start and end. The last, shorter block is padded (its padding masked out of the loss) rather than
+dropped, so that no unit goes unseen, however small the data.
 """
 
 from __future__ import annotations
@@ -50,19 +51,18 @@ def read_unit_files(paths: Sequence[str | os.PathLike]) -> dict[str, list[int]]:
     return sequences
 
 
-def packed_dataset(token_ids: Sequence[Sequence[int]], block_size: int) -> Any:
-    """A ``datasets.Dataset`` with ``input_ids`` and ``labels``: the concatenated ``token_ids`` cut into blocks.
-
-    Raises:
-        ValueError: fewer tokens than one block (naming both numbers and the fix).
-    """
+def packed_dataset(token_ids: Sequence[Sequence[int]], block_size: int, pad_token_id: int) -> Any:
+    """A ``datasets.Dataset`` with ``input_ids``, ``attention_mask`` and ``labels``: the concatenated ``token_ids``
+    cut into blocks of ``block_size``, the last one padded with ``pad_token_id`` (label -100: no loss)."""
     datasets = require_datasets()
     stream = [token for ids in token_ids for token in ids]
-    count = len(stream) // block_size
-    if count == 0:
-        raise ValueError(f"{len(stream)} tokens make no block of {block_size}: give more units or a smaller --block-size.")
-    blocks = [stream[i * block_size : (i + 1) * block_size] for i in range(count)]
-    return datasets.Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+    blocks = [stream[start : start + block_size] for start in range(0, len(stream), block_size)]
+    padding = [block_size - len(block) for block in blocks]
+    return datasets.Dataset.from_dict({
+        "input_ids": [block + [pad_token_id] * pad for block, pad in zip(blocks, padding, strict=True)],
+        "attention_mask": [[1] * len(block) + [0] * pad for block, pad in zip(blocks, padding, strict=True)],
+        "labels": [block + [-100] * pad for block, pad in zip(blocks, padding, strict=True)],
+    })  # fmt: skip
 
 
 def tokenize_sequences(tokenizer: Any, sequences: dict[str, list[int]], num_units: int, source: str) -> list[list[int]]:

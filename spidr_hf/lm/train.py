@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import (
     AutoTokenizer,
     PrinterCallback,
@@ -104,7 +105,7 @@ def train_lm(units_files: Sequence[str | os.PathLike], options: LMTrainingOption
     tokenizer = _tokenizer_for(out, options, max(max(s) for s in sequences.values()))
     source = ", ".join(map(str, units_files))
     token_ids = tokenize_sequences(tokenizer, sequences, num_units_of(tokenizer), source)
-    dataset = packed_dataset(token_ids, options.block_size)
+    dataset = packed_dataset(token_ids, options.block_size, tokenizer.pad_token_id)
 
     set_seed(options.seed)
     model = build_lm(options.preset, tokenizer)
@@ -127,6 +128,7 @@ def train_lm(units_files: Sequence[str | os.PathLike], options: LMTrainingOption
         use_cpu=options.device == "cpu",
         disable_tqdm=not options.progress,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator)
     if not options.progress:  # without bars the Trainer prints every log line instead
