@@ -64,7 +64,7 @@ class DemoSettings:
     curve_every: int = 500  # steps between two scorings of the learning curve
     kmeans_fit_minutes: float = 3.0  # of training speech that every k-means is fitted on
     loss_batch_utterances: int = 8
-    lm_stage: bool = True  # unit LMs on the synthetic benchmark (spidr_hf.lm.demo_stage)
+    lm_stage: str = "full"  # unit LMs on the synthetic benchmark (spidr_hf.lm.demo_stage): "full", "smoke" or "off"
 
 
 # --------------------------------------------------------------------------- the run
@@ -138,10 +138,10 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
         "trained_model": str(trained_dir),
     }
     results["goal"] = goal_check(results["rows"])
-    if settings.lm_stage:
+    if settings.lm_stage != "off":
         print("      Training unit LMs on each system's units, scoring the synthetic lexical/syntactic benchmark")
         results["lm"] = run_lm_stage(out, fit_corpus, {"initial": out / "initial_model", "trained": trained_dir},
-                                     results["rows"], k, LMStageSettings(seed=settings.seed))  # fmt: skip
+                                     results["rows"], k, LMStageSettings.sized(settings.lm_stage, settings.seed))  # fmt: skip
     results["plots"] = [str(p) for p in write_plots(out / "plots", results, baselines, trained)]
     results["elapsed_seconds"] = round(time.perf_counter() - started, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

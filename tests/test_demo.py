@@ -21,6 +21,8 @@ def test_demo_smoke_writes_every_output(tmp_path, capsys):
                 r"trained\s+head\s+\d", r"trained\s+features \+ k-means\s+\d"):  # fmt: skip
         assert re.search(rf"^{row}\s+\d\.\d{{3}}\s", printed, flags=re.M), (row, printed)
     assert "x the log-mel PNMI" in printed
+    for row in (r"baseline\s+logmel k-means", r"initial\s+head\s+\d", r"trained\s+head\s+\d"):  # the LM table
+        assert re.search(rf"^{row}\s+\d\.\d{{3}}\s+\d\.\d{{3}}\s+\d\.\d{{3}}$", printed, flags=re.M), (row, printed)
 
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
@@ -39,6 +41,8 @@ def test_demo_smoke_writes_every_output(tmp_path, capsys):
     assert results["learning_curve"][0]["head"] == initial_heads
     layers = [str(layer) for layer in range(1, 5)]  # the tiny model's 4 layers: head units and features + k-means
     assert all(sorted(e["kmeans"]) == layers and len(e["head"]) == 2 for e in results["learning_curve"])
+    assert [r["model"] for r in results["lm"]] == ["baseline", "initial", "trained"]
+    assert all(0 <= r["lexical"] <= 1 and 0 <= r["syntactic"] <= 1 for r in results["lm"])
     assert set(results["goal"]) >= {"head_over_logmel", "kmeans_over_logmel", "head_goal_met", "kmeans_goal_met"}
 
     # held out: other sentences, and voices never heard in training

@@ -11,7 +11,8 @@ from spidr_hf.runs import prepare_output_dir
 
 DESCRIPTION = "pretrain a tiny SpidR on synthetic speech and compare its units with log-mel / MFCC k-means on held-out speech"
 
-SMOKE = {"minutes": 0.5, "heldout_minutes": 0.25, "max_steps": 4, "curve_every": 2, "kmeans_fit_minutes": 0.5}
+SMOKE = {"minutes": 0.5, "heldout_minutes": 0.25, "max_steps": 4, "curve_every": 2, "kmeans_fit_minutes": 0.5,
+         "lm_stage": "smoke"}
 
 
 def build_parser() -> CommandParser:
@@ -40,10 +41,11 @@ def main(argv: list[str]) -> int:
         max_steps=args.max_steps,
         curve_every=args.curve_every,
         seed=args.seed,
-        lm_stage=not args.no_lm,
     )
     if args.smoke:
         settings = dataclasses.replace(settings, **SMOKE)
+    if args.no_lm:
+        settings = dataclasses.replace(settings, lm_stage="off")
     apply_output_flags(args, level=logging.WARNING)
     prepare_output_dir(settings.output_dir, "--output-dir", create=False)
     run_demo(settings)

@@ -39,6 +39,16 @@ class LMStageSettings:
     batch_size: int = 16
     seed: int = 0
 
+    @classmethod
+    def sized(cls, size: str, seed: int = 0) -> LMStageSettings:
+        """``"full"`` (the demo's) or ``"smoke"`` (the demo's ``--smoke``: a check that every step runs)."""
+        if size not in STAGE_SIZES:
+            raise ValueError(f"the LM stage's size must be one of {STAGE_SIZES}, got {size!r}.")
+        return cls(seed=seed) if size == "full" else cls(words=4, sentences=2, max_steps=5, seed=seed)
+
+
+STAGE_SIZES = ("full", "smoke")
+
 
 def _head_layer(rows: list[dict]) -> int:
     """The trained model's best head-unit layer by PNMI (the demo's own rows)."""
@@ -108,4 +118,4 @@ def lm_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["LMStageSettings", "lm_table", "run_lm_stage"]
+__all__ = ["STAGE_SIZES", "LMStageSettings", "lm_table", "run_lm_stage"]
