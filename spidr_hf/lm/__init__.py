@@ -16,6 +16,31 @@ One module per concern:
 ``datasets`` is an optional dependency (``pip install 'spidr-hf[lm]'``).
 """
 
+from .benchmarks import Benchmark, Pair, find_benchmarks
+from .evaluate import LMScoreOptions, load_lm, score_lm
+from .model import PRESETS, build_lm
+from .scoring import benchmark_accuracy, pair_accuracy, score_items, sequence_log_probs
+from .synthetic_benchmark import synthesize_benchmark
 from .tokenizer import build_unit_tokenizer, encode_units, num_units_of
+from .train import LMTrainingOptions, train_lm
 
-__all__ = ["build_unit_tokenizer", "encode_units", "num_units_of"]
+__all__ = [
+    "PRESETS",
+    "Benchmark",
+    "LMScoreOptions",
+    "LMTrainingOptions",
+    "Pair",
+    "benchmark_accuracy",
+    "build_lm",
+    "build_unit_tokenizer",
+    "encode_units",
+    "find_benchmarks",
+    "load_lm",
+    "num_units_of",
+    "pair_accuracy",
+    "score_items",
+    "score_lm",
+    "sequence_log_probs",
+    "synthesize_benchmark",
+    "train_lm",
+]
