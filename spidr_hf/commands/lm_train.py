@@ -58,5 +58,5 @@ def main(argv: list[str]) -> int:
     )  # fmt: skip
     record = train_lm(args.units, options)
     print(f"{args.preset} LM, K={record['num_units']}: {record['sequences']} sequences, {record['tokens']} tokens, "
-          f"{record['steps']} steps, final loss {record['final_loss']} -> {args.output_dir}")  # fmt: skip
+          f"{record['steps']} steps, last logged loss {record['final_loss']:.4g} -> {args.output_dir}")  # fmt: skip
     return 0

@@ -142,7 +142,7 @@ def train_lm(units_files: Sequence[str | os.PathLike], options: LMTrainingOption
         "num_units": num_units_of(tokenizer),
         "blocks": len(dataset),
         "steps": trainer.state.global_step,
-        "final_loss": next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None),
+        "final_loss": next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), float("nan")),
         "options": {k: v for k, v in asdict(options).items() if k not in ("output_dir", "progress")},
     }
     atomic_write(out / TRAINING_RECORD, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
