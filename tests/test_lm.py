@@ -233,3 +233,8 @@ def test_lm_score_extracts_units_of_a_spidr_model(tmp_path, tiny_lm, tiny_config
     extracted = [json.loads(line) for line in (tmp_path / "scores" / "units" / "units.jsonl").read_text().splitlines()]
     assert sorted(r["id"] for r in extracted) == sorted(p.stem for p in (tmp_path / "bench").glob("*.wav"))
     assert json.loads((tmp_path / "scores" / "lm_scores.json").read_text())["benchmarks"]["bench"]["sum"]["pairs"] == 2
+    tiny_config.codebook_size = 4 * K  # units the LM cannot know: refused before any extraction
+    SpidRForPreTraining(tiny_config).save_pretrained(tmp_path / "wide")
+    args[2] = str(tmp_path / "wide")
+    _one_line_error(capsys, [*args, "--output-dir", str(tmp_path / "none"), "--layer", layer], "lm-score", "64 codewords", "K=16")
+    assert not (tmp_path / "none").exists()

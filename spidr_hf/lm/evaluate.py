@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from ..extract import ExtractionOptions
 from ..runs import atomic_write, prepare_output_dir
@@ -46,6 +46,19 @@ def load_lm(lm_dir: str | os.PathLike, device: str | None = None) -> tuple[Any, 
     return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval(), tokenizer
 
 
+def _check_model_units(model_dir: Path, options: LMScoreOptions, num_units: int) -> None:
+    """Before extracting: a layer is given, and head or codeword units fit the LM's K."""
+    if options.layer is None:
+        raise ValueError(f"{model_dir} is a model folder: give --layer, the layer of its --units {options.units}.")
+    if options.units in ("head", "codeword") and (model_dir / "config.json").is_file():
+        codebook_size = AutoConfig.from_pretrained(model_dir).codebook_size
+        if codebook_size > num_units:
+            raise ValueError(
+                f"{model_dir} has {codebook_size} codewords but the LM's tokenizer knows K={num_units} units: "
+                "score with an LM trained on this model's units."
+            )
+
+
 def score_lm(lm_dir: str | os.PathLike, units_source: str | os.PathLike, bench_dir: str | os.PathLike,
              options: LMScoreOptions) -> dict[str, Any]:  # fmt: skip
     """Score every benchmark of ``bench_dir`` and write ``lm_scores.json`` and ``<benchmark>.txt`` files.
@@ -56,8 +69,8 @@ def score_lm(lm_dir: str | os.PathLike, units_source: str | os.PathLike, bench_d
     model, tokenizer = load_lm(lm_dir, options.device)
     benchmarks = find_benchmarks(bench_dir)
     out = prepare_output_dir(options.output_dir, "--output-dir", create=False)
-    if Path(units_source).is_dir() and options.layer is None:
-        raise ValueError(f"{units_source} is a model folder: give --layer, the layer of its --units {options.units}.")
+    if Path(units_source).is_dir():
+        _check_model_units(Path(units_source), options, num_units_of(tokenizer))
     extraction = ExtractionOptions(output_dir=str(out / "units"), units=options.units, unit_layer=options.layer,
                                    kmeans=options.kmeans, device=options.device, progress=options.progress)  # fmt: skip
     units = benchmark_units(units_source, bench_dir, benchmarks, extraction)
