@@ -64,7 +64,7 @@ class DemoSettings:
     curve_every: int = 500  # steps between two scorings of the learning curve
     kmeans_fit_minutes: float = 3.0  # of training speech that every k-means is fitted on
     loss_batch_utterances: int = 8
-    lm_stage: str = "full"  # unit LMs on the synthetic benchmark (spidr_hf.lm.demo_stage): "full", "smoke" or "off"
+    lm_stage: str = "full"  # unit LMs on the synthetic benchmark (spidr_hf.lm.demo_stage): "full", "layers", "smoke" or "off"
 
 
 # --------------------------------------------------------------------------- the run

@@ -58,3 +58,28 @@ def test_synthetic_benchmark_is_zerospeech_layout_and_reproducible(tmp_path):
         rows = list(csv.DictReader(f))
     assert {r["voice"] for r in rows} == {"en-us-m5", "en-f5"}  # voices the corpus and the demo never use
     assert main(["synth-corpus", str(tmp_path / "a"), *args]) == 2  # no silent overwrite
+
+
+@needs_espeak
+@pytest.mark.slow
+def test_demo_lm_stage_scores_every_codebook_layer_beside_its_pnmi(tmp_path, tiny_config):
+    import torch
+
+    from spidr_hf import SpidRForPreTraining
+    from spidr_hf.lm.demo_stage import LMStageSettings, lm_table, run_lm_stage
+    from spidr_hf.synth import synthesize_corpus
+    from spidr_hf.unit_scores import AlignedCorpus
+
+    synthesize_corpus(tmp_path / "corpus", 0.1, progress=False)
+    torch.manual_seed(0)
+    SpidRForPreTraining(tiny_config).save_pretrained(tmp_path / "model")
+    layers = list(tiny_config.codebook_layers)
+    rows = [{"model": "baseline", "units": "logmel k-means", "layer": None, "pnmi": 0.3}]
+    rows += [{"model": m, "units": "head", "layer": layer, "pnmi": 0.1 * layer} for m in ("initial", "trained") for layer in layers]
+    settings = LMStageSettings(words=3, sentences=1, max_steps=2, all_layers=True)
+    models = {"initial": tmp_path / "model", "trained": tmp_path / "model"}
+    lm_rows = run_lm_stage(tmp_path, AlignedCorpus.load(tmp_path / "corpus"), models, rows, tiny_config.codebook_size, settings)
+    assert [(r["model"], r["layer"]) for r in lm_rows] == [("baseline", None)] + [(m, layer) for m in models for layer in layers]
+    assert [r["pnmi"] for r in lm_rows] == [r["pnmi"] for r in rows]  # each beside its own units' PNMI
+    assert all(0 <= r["lexical"] <= 1 and 0 <= r["syntactic"] <= 1 for r in lm_rows)
+    assert len(lm_table(lm_rows).splitlines()) == 2 + len(lm_rows)

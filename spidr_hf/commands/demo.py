@@ -26,6 +26,8 @@ def build_parser() -> CommandParser:
     parser.add_argument("--curve-every", type=positive_int, default=defaults.curve_every, help="steps between two learning-curve points")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--no-lm", action="store_true", help="skip the unit-LM stage (spidr_hf.lm.demo_stage)")
+    parser.add_argument("--lm-layers", action="store_true",
+                        help="an LM on every codebook layer's head units, not only the best (unit quality vs LM score; longer)")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="a quick end-to-end check: "
                         + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in SMOKE.items()))  # fmt: skip
     return parser
@@ -44,8 +46,8 @@ def main(argv: list[str]) -> int:
     )
     if args.smoke:
         settings = dataclasses.replace(settings, **SMOKE)
-    if args.no_lm:
-        settings = dataclasses.replace(settings, lm_stage="off")
+    if args.no_lm or args.lm_layers:
+        settings = dataclasses.replace(settings, lm_stage="off" if args.no_lm else "layers")
     apply_output_flags(args, level=logging.WARNING)
     prepare_output_dir(settings.output_dir, "--output-dir", create=False)
     run_demo(settings)

@@ -38,22 +38,31 @@ class LMStageSettings:
     block_size: int = 64
     batch_size: int = 16
     seed: int = 0
+    all_layers: bool = False  # every codebook layer's head units, not only the best: unit quality vs LM score
 
     @classmethod
     def sized(cls, size: str, seed: int = 0) -> LMStageSettings:
-        """``"full"`` (the demo's) or ``"smoke"`` (the demo's ``--smoke``: a check that every step runs)."""
+        """``"full"`` (the demo's), ``"layers"`` (the same for every codebook layer) or ``"smoke"`` (the demo's
+        ``--smoke``: a check that every step runs)."""
         if size not in STAGE_SIZES:
             raise ValueError(f"the LM stage's size must be one of {STAGE_SIZES}, got {size!r}.")
-        return cls(seed=seed) if size == "full" else cls(words=4, sentences=2, max_steps=5, seed=seed)
+        if size == "smoke":
+            return cls(words=4, sentences=2, max_steps=5, seed=seed)
+        return cls(seed=seed, all_layers=size == "layers")
 
 
-STAGE_SIZES = ("full", "smoke")
+STAGE_SIZES = ("full", "layers", "smoke")
 
 
 def _head_layer(rows: list[dict]) -> int:
     """The trained model's best head-unit layer by PNMI (the demo's own rows)."""
     heads = [r for r in rows if r["model"] == "trained" and r["units"] == "head"]
     return max(heads, key=lambda r: r["pnmi"])["layer"]
+
+
+def _head_layers(rows: list[dict]) -> list[int]:
+    """Every head-unit layer of the trained model."""
+    return sorted(r["layer"] for r in rows if r["model"] == "trained" and r["units"] == "head")
 
 
 def _pnmi(rows: list[dict], model: str, units: str, layer: int | None) -> float:
@@ -81,22 +90,24 @@ def run_lm_stage(out: str | Path, fit: AlignedCorpus, model_dirs: dict[str, str 
     synthesize_benchmark(bench, settings.words, settings.sentences, seed=settings.seed, voices=settings.voices,
                          overwrite=True, progress=False)  # fmt: skip
     benchmarks = find_benchmarks(bench)
-    layer = _head_layer(rows)
+    layers = _head_layers(rows) if settings.all_layers else [_head_layer(rows)]
     quantizer = BaselineQuantizer.fit(fit.waves, "logmel", k, seed=settings.seed)
-    systems: dict[str, tuple[str, int | None, Path, Path]] = {}  # name -> (units, layer, training units, quantizer)
+    # (model, units, layer, tag of its files, training units, what quantizes the benchmark)
+    systems: list[tuple[str, str, int | None, str, Path, Path]] = []
     train_units = write_units(out / "train_units_logmel.jsonl", fit.ids, [quantizer(w) for w in fit.waves])
-    systems["baseline"] = ("logmel k-means", None, train_units, quantizer.save(out))
+    systems.append(("baseline", "logmel k-means", None, "logmel", train_units, quantizer.save(out)))
     for name, model_dir in model_dirs.items():
-        units = _model_training_units(Path(model_dir), fit, layer, out / f"train_units_{name}")
-        systems[name] = ("head", layer, units, Path(model_dir))
+        for layer in layers:
+            units = _model_training_units(Path(model_dir), fit, layer, out / f"train_units_{name}_layer{layer}")
+            systems.append((name, "head", layer, f"{name}_layer{layer}", units, Path(model_dir)))
     results = []
-    for name, (units, unit_layer, train_units, source) in systems.items():
-        options = LMTrainingOptions(output_dir=str(out / f"lm_{name}"), max_steps=settings.max_steps,
+    for name, units, unit_layer, tag, train_units, source in systems:
+        options = LMTrainingOptions(output_dir=str(out / f"lm_{tag}"), max_steps=settings.max_steps,
                                     block_size=settings.block_size, batch_size=settings.batch_size,
                                     save_steps=settings.max_steps, seed=settings.seed, num_units=k, progress=False)  # fmt: skip
         train_lm([train_units], options)
-        model, tokenizer = load_lm(out / f"lm_{name}")
-        extraction = ExtractionOptions(output_dir=str(out / f"bench_units_{name}"), units="head", unit_layer=layer,
+        model, tokenizer = load_lm(out / f"lm_{tag}")
+        extraction = ExtractionOptions(output_dir=str(out / f"bench_units_{tag}"), units="head", unit_layer=unit_layer,
                                        progress=False, num_workers=0)  # fmt: skip
         bench_units = benchmark_units(source, bench, benchmarks, extraction)
         row = {"model": name, "units": units, "layer": unit_layer, "pnmi": _pnmi(rows, name, units, unit_layer)}
