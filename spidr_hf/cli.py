@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "probe-phones": "probe_phones",
     "finetune-ctc": "finetune_ctc",
     "demo": "demo",
+    "lm-train": "lm_train",
+    "lm-score": "lm_score",
 }
 
 

@@ -36,6 +36,7 @@ from transformers import set_seed
 
 from spidr_hf import evaluation as ev
 from spidr_hf.audio import load_audio, standardize
+from spidr_hf.lm.demo_stage import LMStageSettings, lm_table, run_lm_stage
 from spidr_hf.model_dir import save_pretrained_with_code
 from spidr_hf.modeling import SAMPLING_RATE
 from spidr_hf.synth import synthesize_corpus
@@ -80,6 +81,7 @@ class DemoSettings:
     batch_seconds: float | None = None  # audio per optimizer step; default: the recipe's
     render_workers: int = 1  # processes that render the corpora (byte-identical output for any number)
     scale: str = "cpu"  # which of SCALES these settings start from (the closing lines speak of it)
+    lm_stage: str = "full"  # unit LMs on the synthetic benchmark (spidr_hf.lm.demo_stage): "full", "layers", "smoke" or "off"
 
 
 SCALES: dict[str, dict[str, Any]] = {
@@ -195,11 +197,17 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
         "trained_model": str(trained_dir),
     }
     results["comparison"] = comparison(results["rows"])
+    if settings.lm_stage != "off":
+        print("      Training unit LMs on each system's units, scoring the synthetic lexical/syntactic benchmark")
+        results["lm"] = run_lm_stage(out, fit_corpus, {"initial": out / "initial_model", "trained": trained_dir},
+                                     results["rows"], k, LMStageSettings.sized(settings.lm_stage, settings.seed))  # fmt: skip
     results["plots"] = [str(p) for p in write_plots(out / "plots", results, baselines, trained)]
     results["elapsed_seconds"] = round(time.perf_counter() - started, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print()
     print(report(results))
+    if results.get("lm"):
+        print("\n" + lm_table(results["lm"]))
     print(f"\nOutputs in {out}/: results.json, training_log.jsonl, plots/, units/, trained_model/, initial_model/, "
           "corpus/, heldout/")  # fmt: skip
     return results

@@ -31,6 +31,7 @@ _EVENT_LIST_TERMINATED = 0
 _EVENT_PHONEME = 7
 _PARAM_RATE = 1
 _CHARS_UTF8 = 1
+_PHONEME_INPUT = 0x100  # espeakPHONEMES: read [[...]] as phoneme mnemonics
 _POS_CHARACTER = 1
 _EE_OK = 0
 
@@ -133,6 +134,8 @@ class EspeakSession:
             ctypes.c_void_p,
         ]
         lib.espeak_Synth.restype = ctypes.c_int
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
         lib.espeak_Terminate.argtypes = []
         lib.espeak_Terminate.restype = ctypes.c_int
 
@@ -161,13 +164,20 @@ class EspeakSession:
         if self._lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
             raise ValueError(f"espeak-ng has no voice {voice!r} (see `espeak-ng --voices=en`)")
 
+    def phonemes(self, text: str, voice: str) -> str:
+        """espeak-ng's phoneme mnemonics of ``text`` (its first clause) in ``voice``: ``"cat" -> "k'at"``."""
+        self.set_voice(voice)
+        pointer = ctypes.c_char_p(text.encode("utf-8"))
+        return (self._lib.espeak_TextToPhonemes(ctypes.byref(pointer), _CHARS_UTF8, 0) or b"").decode().strip()
+
     def synthesize(
         self, text: str, voice: str, rate: int | None = None, seed: int = 0
     ) -> tuple[np.ndarray, list[tuple[int, str]]]:
         """Speak ``text``: int16 samples at :attr:`sample_rate`, and (start sample, IPA name) per phoneme.
 
         Pauses come back with an empty name. ``seed`` reseeds libc's ``rand()``, which
-        espeak-ng's noise sources (Klatt variants) draw from.
+        espeak-ng's noise sources (Klatt variants) draw from. ``[[...]]`` in ``text`` is read as
+        phoneme mnemonics (those of :meth:`phonemes`).
         """
         self.set_voice(voice)
         if rate is not None:
@@ -175,7 +185,7 @@ class EspeakSession:
         _LIBC.srand(ctypes.c_uint(seed & 0xFFFFFFFF))
         self._chunks, self._events = [], []
         data = text.encode("utf-8") + b"\0"
-        status = self._lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+        status = self._lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8 | _PHONEME_INPUT, None, None)
         if status != _EE_OK:
             raise EspeakError(f"espeak_Synth failed with status {status} for {text!r}")
         audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int16)
@@ -192,6 +202,12 @@ def synthesize(
     with EspeakSession() as session:
         audio, events = session.synthesize(text, voice, rate=rate, seed=seed)
         return audio, events, session.sample_rate
+
+
+def text_to_phonemes(text: str, voice: str) -> str:
+    """espeak-ng's phoneme mnemonics of ``text`` in ``voice`` (render them back with ``synthesize("[[...]]")``)."""
+    with EspeakSession() as session:
+        return session.phonemes(text, voice)
 
 
 def espeak_version() -> str:

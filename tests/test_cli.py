@@ -25,6 +25,9 @@ KEBAB = {
                  "--audio-column", "speech"],
     "demo": ["--output-dir", "d", "--max-steps", "3", "--heldout-minutes", "1", "--curve-every", "2", "--scale", "gpu",
              "--device", "cpu", "--time-budget", "60"],
+    "lm-train": ["u.jsonl", "--output-dir", "lm", "--max-steps", "3", "--block-size", "16", "--num-units", "8",
+                 "--resume-from-checkpoint"],
+    "lm-score": ["lm", "model", "bench/", "--output-dir", "s", "--layer", "2", "--batch-size", "4"],
 }  # fmt: skip
 
 

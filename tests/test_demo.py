@@ -22,6 +22,8 @@ def test_demo_smoke_writes_every_output(tmp_path, capsys):
     assert_no_raw_logs(captured)
     # one progress bar for pretraining, the loss in its postfix (off a terminal: a line per refresh)
     assert re.search(r"^pretrain: .*loss=\d", captured.err, flags=re.M), captured.err
+    for row in (r"baseline\s+logmel k-means", r"initial\s+head\s+\d", r"trained\s+head\s+\d"):  # the LM table
+        assert re.search(rf"^{row}\s+\d\.\d{{3}}\s+\d\.\d{{3}}\s+\d\.\d{{3}}$", printed, flags=re.M), (row, printed)
 
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
@@ -44,6 +46,8 @@ def test_demo_smoke_writes_every_output(tmp_path, capsys):
     assert results["steps"] == results["max_steps"] == 4 and not results["stopped_by_time_budget"]
     logged = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in logged if "loss" in e] == [1, 2, 3, 4] and "train_runtime" in logged[-1]
+    assert [r["model"] for r in results["lm"]] == ["baseline", "initial", "trained"]
+    assert all(0 <= r["lexical"] <= 1 and 0 <= r["syntactic"] <= 1 for r in results["lm"])
 
     # held out: other sentences, and voices never heard in training
     texts = {json.loads(line)["text"] for line in (out / "corpus" / "manifest.jsonl").read_text().splitlines()}

@@ -18,7 +18,7 @@ LAYERS = {
     "spidr_hf.kernels": 2, "spidr_hf": 2,  # services around the model; the package's public face
     "spidr_hf.training": 3, "spidr_hf.extract": 3, "spidr_hf.evaluation": 3, "spidr_hf.synth": 3,
     "spidr_hf.baselines": 3, "spidr_hf.unit_scores": 3,
-    "spidr_hf.espeak": 3, "spidr_hf.downstream": 3,  # learning and using the model
+    "spidr_hf.espeak": 3, "spidr_hf.downstream": 3, "spidr_hf.lm": 3,  # learning and using the model
     "spidr_hf.commands": 4, "spidr_hf.cli": 4, "spidr_hf.demo": 4,  # the command line
 }  # fmt: skip
 

@@ -58,6 +58,7 @@ def test_wheel_holds_subpackages_under_spidr_hf(wheel):
         "spidr_hf/training/__init__.py",
         "spidr_hf/kernels/__init__.py",
         "spidr_hf/commands/convert.py",
+        "spidr_hf/lm/tokenizer.py",
         "spidr_hf/training/recipes/spidr_base.toml",
     ):
         assert required in names, required

@@ -13,7 +13,8 @@ from spidr_hf.runs import prepare_output_dir
 
 DESCRIPTION = "pretrain a SpidR on synthetic speech and compare its units with log-mel / MFCC k-means on held-out speech"
 
-SMOKE = {"minutes": 0.5, "heldout_minutes": 0.25, "max_steps": 4, "curve_every": 2, "kmeans_fit_minutes": 0.5}
+SMOKE = {"minutes": 0.5, "heldout_minutes": 0.25, "max_steps": 4, "curve_every": 2, "kmeans_fit_minutes": 0.5,
+         "lm_stage": "smoke"}
 # the gpu scale's model on a CPU (bf16 autocast, as on the GPU) is slow: one 5 s crop per step, two steps
 SMOKE_BY_SCALE = {"cpu": SMOKE, "gpu": {**SMOKE, "max_steps": 2, "batch_seconds": 5.0}}
 
@@ -39,6 +40,9 @@ def build_parser() -> CommandParser:
                         help=f"seconds of pretraining, after which it stops (default: none; gpu: {gpu['time_budget_s']:g})")  # fmt: skip
     parser.add_argument("--curve-every", type=positive_int, help="steps between two learning-curve points")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--no-lm", action="store_true", help="skip the unit-LM stage (spidr_hf.lm.demo_stage)")
+    parser.add_argument("--lm-layers", action="store_true",
+                        help="an LM on every codebook layer's head units, not only the best (unit quality vs LM score; longer)")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="a quick end-to-end check of the scale's path: "
                         + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in SMOKE.items()))  # fmt: skip
     return parser
@@ -51,6 +55,8 @@ def main(argv: list[str]) -> int:
     settings = DemoSettings(**{**SCALES[args.scale], "output_dir": args.output_dir, **given})
     if args.smoke:
         settings = dataclasses.replace(settings, **SMOKE_BY_SCALE[args.scale])
+    if args.no_lm or args.lm_layers:
+        settings = dataclasses.replace(settings, lm_stage="off" if args.no_lm else "layers")
     apply_output_flags(args, level=logging.WARNING)
     transformers_logging.disable_progress_bar()  # its bars (writing the small models) would break the pretraining bar
     prepare_output_dir(settings.output_dir, "--output-dir", create=False)
