@@ -21,13 +21,13 @@ needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is n
 
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory):
-    """A few training utterances and held-out ones (other sentences, other voices)."""
+    """Three minutes of training speech and held-out speech (other sentences, the same six voices: a probe
+    trained on six voices does not carry over to an unseen one)."""
     from spidr_hf.synth import synthesize_corpus
 
     root = tmp_path_factory.mktemp("corpora")
-    train = synthesize_corpus(root / "train", 0.4, seed=0, progress=False)
-    synthesize_corpus(root / "test", 0.2, seed=1, voices=["en-us+m7", "en+f3"], progress=False,
-                      exclude_texts={u.text for u in train.utterances})  # fmt: skip
+    train = synthesize_corpus(root / "train", 3, seed=0, progress=False)
+    synthesize_corpus(root / "test", 0.5, seed=1, progress=False, exclude_texts={u.text for u in train.utterances})
     return root
 
 
@@ -86,14 +86,16 @@ def test_transcripts_from_a_saved_dataset(corpora, tmp_path):
 
 
 @needs_espeak
+@pytest.mark.slow
 def test_probe_phones_end_to_end(corpora, model_dir, tmp_path, capsys):
     out = tmp_path / "probe"
     assert cli(["probe-phones", str(model_dir), str(corpora / "train"), str(corpora / "test"),
-                "--output-dir", str(out), "--steps", "40", "--quiet"]) == 0  # fmt: skip
+                "--output-dir", str(out), "--quiet"]) == 0  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     rows = {row["features"]: row for row in results["rows"]}
     assert set(rows) == {"spidr", "logmel"}
-    assert all(0 < row["per"] < 5 for row in rows.values())
+    # emitting nothing scores PER 1: both probes recognise phones, log-mel measured 0.69-0.71 over two seeds
+    assert rows["logmel"]["per"] < 0.85 and rows["spidr"]["per"] < 0.95, rows
     assert len(rows["spidr"]["layer_weights"]) == 4 and sum(rows["spidr"]["layer_weights"]) == pytest.approx(1)
     assert list(results["layer_weights"]) == ["0", "1", "2", "3"] and rows["logmel"]["layer_weights"] == [1.0]
     assert results["test"]["utterances"] == len(load_transcribed(corpora / "test"))
