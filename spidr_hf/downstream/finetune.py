@@ -26,6 +26,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..model_dir import check_model_source, from_pretrained, save_pretrained_with_code
 from ..modeling import SpidRFeatureExtractor, SpidRForCTC
 from ..pipeline import default_feature_extractor
+from ..runs import write_failure
 from .ctc_data import CTCCollator, TranscribedSpeech, build_tokenizer, encode_targets
 from .recognition import error_rate, greedy_ctc
 
@@ -43,7 +44,7 @@ class FinetuneSettings:
     max_steps: int = 1000
     batch_size: int = 8
     learning_rate: float = 1e-4
-    head_learning_rate: float = 1e-3
+    head_learning_rate: float = 1e-2
     warmup_steps: int = 100
     freeze_feature_encoder: bool = True
     save_steps: int = 200
@@ -160,7 +161,10 @@ def finetune_ctc(
         results["error_rate"] = {"metric": "PER" if settings.targets == "phones" else "CER", "initial": initial, "final": final}
     model_out = output_dir / "model"
     save_pretrained_with_code(model, model_out)
-    Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(model_out)
+    try:
+        Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(model_out)
+    except OSError as error:
+        raise write_failure(model_out / "vocab.json", error) from error
     return results
 
 
