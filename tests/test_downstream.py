@@ -21,13 +21,13 @@ needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is n
 
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory):
-    """A few training utterances and held-out ones (other sentences, other voices)."""
+    """Three minutes of training speech and held-out speech (other sentences, the same six voices: a probe
+    trained on six voices does not carry over to an unseen one)."""
     from spidr_hf.synth import synthesize_corpus
 
     root = tmp_path_factory.mktemp("corpora")
-    train = synthesize_corpus(root / "train", 0.4, seed=0, progress=False)
-    synthesize_corpus(root / "test", 0.2, seed=1, voices=["en-us+m7", "en+f3"], progress=False,
-                      exclude_texts={u.text for u in train.utterances})  # fmt: skip
+    train = synthesize_corpus(root / "train", 3, seed=0, progress=False)
+    synthesize_corpus(root / "test", 0.5, seed=1, progress=False, exclude_texts={u.text for u in train.utterances})
     return root
 
 
@@ -86,14 +86,16 @@ def test_transcripts_from_a_saved_dataset(corpora, tmp_path):
 
 
 @needs_espeak
+@pytest.mark.slow
 def test_probe_phones_end_to_end(corpora, model_dir, tmp_path, capsys):
     out = tmp_path / "probe"
     assert cli(["probe-phones", str(model_dir), str(corpora / "train"), str(corpora / "test"),
-                "--output-dir", str(out), "--steps", "40", "--quiet"]) == 0  # fmt: skip
+                "--output-dir", str(out), "--quiet"]) == 0  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     rows = {row["features"]: row for row in results["rows"]}
     assert set(rows) == {"spidr", "logmel"}
-    assert all(0 < row["per"] < 5 for row in rows.values())
+    # emitting nothing scores PER 1: both probes recognise phones, log-mel measured 0.69-0.71 over two seeds
+    assert rows["logmel"]["per"] < 0.85 and rows["spidr"]["per"] < 1.0, rows
     assert len(rows["spidr"]["layer_weights"]) == 4 and sum(rows["spidr"]["layer_weights"]) == pytest.approx(1)
     assert list(results["layer_weights"]) == ["0", "1", "2", "3"] and rows["logmel"]["layer_weights"] == [1.0]
     assert results["test"]["utterances"] == len(load_transcribed(corpora / "test"))
@@ -147,20 +149,20 @@ def test_labels_longer_than_the_audio_are_one_line_error(corpora, model_dir, tmp
 def test_finetuning_lowers_the_phone_error_rate(corpora, model_dir, tmp_path, capsys):
     out = tmp_path / "ctc"
     argv = ["finetune-ctc", str(model_dir), str(corpora / "train"), "--test-corpus", str(corpora / "test"),
-            "--output-dir", str(out), "--batch-size", "4", "--learning-rate", "3e-3", "--warmup-steps", "10",
-            "--save-steps", "30", "--train-feature-encoder", "--quiet"]  # fmt: skip
-    assert cli([*argv, "--max-steps", "60"]) == 0
+            "--output-dir", str(out), "--batch-size", "4", "--learning-rate", "1e-3", "--head-learning-rate", "3e-2",
+            "--warmup-steps", "20", "--save-steps", "100", "--train-feature-encoder", "--quiet"]  # fmt: skip
+    assert cli([*argv, "--max-steps", "200"]) == 0
     rate = json.loads((out / "results.json").read_text())["error_rate"]
     assert rate["metric"] == "PER"
-    # the fresh head inserts phones everywhere (PER about 2); 60 steps bring it below the deletions-only 1
-    assert rate["initial"] - rate["final"] > 0.5 and rate["final"] <= 1.0, rate
+    # emitting nothing scores 1.0 (the old recipe stopped there, 0.978-1.000): measured 0.978 -> 0.858
+    assert rate["final"] < 0.93 and rate["initial"] - rate["final"] > 0.05, rate
     from spidr_hf.audio import load_audio
     from spidr_hf.downstream import speech_recognizer
 
     wave = load_audio(next((corpora / "test" / "audio").rglob("*.wav")))  # transformers decodes files with ffmpeg
     assert isinstance(speech_recognizer(out / "model")(wave, chunk_length_s=2)["text"], str)
     # the run goes on from its last checkpoint, and a second run into the same folder is refused
-    assert cli([*argv, "--max-steps", "70", "--resume"]) == 0
-    assert json.loads((out / "checkpoints" / "checkpoint-70" / "trainer_state.json").read_text())["global_step"] == 70
-    err = _cli_error([*argv, "--max-steps", "60"], capsys)
+    assert cli([*argv, "--max-steps", "210", "--resume"]) == 0
+    assert json.loads((out / "checkpoints" / "checkpoint-210" / "trainer_state.json").read_text())["global_step"] == 210
+    err = _cli_error([*argv, "--max-steps", "200"], capsys)
     assert "already holds a fine-tuning run" in err and "--resume" in err

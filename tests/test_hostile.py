@@ -425,6 +425,16 @@ OTHER_CASES = [
     Case("convert: malicious pickle", lambda env, here: ["convert", env["evil"] / "pytorch_model.bin", here / "out"], 2,
          "safe_serialization=True"),
     Case("convert: symlink loop", lambda env, here: ["convert", env["loop"], here / "out"], 2, "loop of symbolic links"),
+    Case("probe-phones: malicious pickle", lambda env, here: ["probe-phones", env["evil"], env["loop"], env["loop"],
+         "--output-dir", here / "probe"], 2, "weights_only=True"),  # fmt: skip
+    Case("probe-phones: absurd config", lambda env, here: ["probe-phones", here / "huge", env["loop"], env["loop"],
+         "--output-dir", here / "probe"], 2, "hidden_size must be at most", setup=_config_file(hidden_size=2**31)),  # fmt: skip
+    Case("probe-phones: symlink loop", lambda env, here: ["probe-phones", env["model"], env["loop"], env["loop"],
+         "--output-dir", here / "probe"], 2, "loop of symbolic links"),  # fmt: skip
+    Case("finetune-ctc: absurd config", lambda env, here: ["finetune-ctc", here / "huge", env["loop"], "--output-dir",
+         here / "ctc"], 2, "num_hidden_layers must be at most", setup=_config_file(num_hidden_layers=10**7)),  # fmt: skip
+    Case("finetune-ctc: symlink loop", lambda env, here: ["finetune-ctc", env["model"], env["loop"], "--output-dir",
+         here / "ctc"], 2, "loop of symbolic links"),  # fmt: skip
     Case("synth-corpus: output is a file", lambda env, here: ["synth-corpus", here / "file", "--minutes", "0.01"], 2,
          "file", setup=_write_file("file", "x")),
     Case("demo: output is a file", lambda env, here: ["demo", "--output-dir", here / "file", "--smoke"], 2, "file",

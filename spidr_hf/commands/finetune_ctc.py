@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--targets", choices=TARGETS, default=defaults.targets, help="what the head emits")
     parser.add_argument("--max-steps", type=positive_int, default=defaults.max_steps, help="optimizer steps")
     parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="utterances per step")
-    parser.add_argument("--learning-rate", type=positive_float, default=defaults.learning_rate, help="peak AdamW rate")
+    parser.add_argument("--learning-rate", type=positive_float, default=defaults.learning_rate, help="peak AdamW rate of the encoder")
+    parser.add_argument("--head-learning-rate", type=positive_float, default=defaults.head_learning_rate,
+                        help="peak AdamW rate of the fresh CTC head")  # fmt: skip
     parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, help="linear warm-up steps")
     parser.add_argument("--save-steps", type=positive_int, default=defaults.save_steps, help="steps between checkpoints")
     parser.add_argument("--train-feature-encoder", action="store_true", help="also train the conv feature encoder")
@@ -64,7 +66,7 @@ def main(argv: list[str]) -> int:
     test = None if args.test_corpus is None else load_transcribed(args.test_corpus, args.targets, **columns)
     settings = FinetuneSettings(
         targets=args.targets, max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        warmup_steps=args.warmup_steps, freeze_feature_encoder=not args.train_feature_encoder,
+        head_learning_rate=args.head_learning_rate, warmup_steps=args.warmup_steps, freeze_feature_encoder=not args.train_feature_encoder,
         save_steps=args.save_steps, seed=args.seed,
     )  # fmt: skip
     results = finetune_ctc(args.model_dir, train, args.output_dir, settings, test=test, resume=args.resume,

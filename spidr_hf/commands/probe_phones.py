@@ -53,9 +53,9 @@ def main(argv: list[str]) -> int:
     from spidr_hf.evaluation import plot_bars
     from spidr_hf.extract import load_model
 
+    model = load_model(args.model_dir, args.device)  # a model that cannot load stops the run before any audio is read
     train = load_transcribed(args.train_corpus, "phones", max_minutes=args.max_train_minutes)
     test = load_transcribed(args.test_corpus, "phones")
-    model = load_model(args.model_dir, args.device)
     settings = ProbeSettings(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed)
     results = {"model": str(args.model_dir), **phone_probe(model, train, test, settings)}
     # everything is computed before anything is written: a failed run leaves no partial output

@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase, Wav2Vec2CTCTokenizer, Wav2Vec2
 
 from ..audio import load_audio
 from ..modeling import SAMPLING_RATE, FrameGeometry, SpidRFeatureExtractor, ctc_frames_needed
+from ..runs import missing_reason
 from ..sources import decode_cell, is_saved_dataset, prepare_hf_dataset
 from ..synth import SILENCE
 from ..unit_scores import AlignedCorpus
@@ -97,7 +98,7 @@ def load_transcribed(
         raise ValueError(f"unknown targets {targets!r}: choose one of {', '.join(TARGETS)}.")
     path = Path(source)
     if not path.exists():
-        raise FileNotFoundError(f"corpus {path} does not exist.")
+        raise FileNotFoundError(f"corpus {path} {missing_reason(path)}.")
     if is_saved_dataset(path):
         speech = _from_dataset(path, targets, text_column, phones_column, audio_column)
     elif targets == "phones":

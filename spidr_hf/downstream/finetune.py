@@ -19,12 +19,14 @@ from transformers import (
     Trainer,
     TrainingArguments,
     Wav2Vec2Processor,
+    set_seed,
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..model_dir import save_pretrained_with_code
+from ..model_dir import check_model_source, from_pretrained, save_pretrained_with_code
 from ..modeling import SpidRFeatureExtractor, SpidRForCTC
 from ..pipeline import default_feature_extractor
+from ..runs import write_failure
 from .ctc_data import CTCCollator, TranscribedSpeech, build_tokenizer, encode_targets
 from .recognition import error_rate, greedy_ctc
 
@@ -33,12 +35,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """The recipe: targets, steps, batch and optimiser (the Trainer's AdamW with linear warm-up and decay)."""
+    """The recipe: targets, steps, batch and optimiser (AdamW with the Trainer's linear warm-up and decay).
+
+    The fresh head learns at `head_learning_rate`, the pretrained encoder at the lower `learning_rate`.
+    """
 
     targets: str = "phones"
     max_steps: int = 1000
     batch_size: int = 8
     learning_rate: float = 1e-4
+    head_learning_rate: float = 1e-2
     warmup_steps: int = 100
     freeze_feature_encoder: bool = True
     save_steps: int = 200
@@ -75,6 +81,18 @@ def held_out_error_rate(
     return error_rate(transcribe_ids(model, feature_extractor, speech), encode_targets(tokenizer, speech.transcripts))
 
 
+def head_and_encoder_optimizer(model: SpidRForCTC, settings: FinetuneSettings) -> torch.optim.AdamW:
+    """AdamW over the trainable weights: the head (and layer weights) at `head_learning_rate`, the encoder
+    at `learning_rate`; the Trainer's scheduler warms up and decays both."""
+    encoder = {id(p) for p in model.spidr.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if id(p) in encoder], "lr": settings.learning_rate},
+        {"params": [p for p in trainable if id(p) not in encoder], "lr": settings.head_learning_rate},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)
+
+
 def finetune_ctc(
     model_dir: str | Path,
     train: TranscribedSpeech,
@@ -97,8 +115,10 @@ def finetune_ctc(
         raise ValueError(f"{output_dir} already holds a fine-tuning run ({last}): pass --resume to go on, or give another --output-dir.")
     tokenizer = build_tokenizer(train.transcripts, settings.targets)
     labels = encode_targets(tokenizer, train.transcripts)
-    model = SpidRForCTC.from_pretrained(
-        model_dir, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, ctc_loss_reduction="mean"
+    set_seed(settings.seed)  # the fresh head, hence the "before" error rate, is the same on every run
+    model = from_pretrained(
+        SpidRForCTC, check_model_source(model_dir), vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+        ctc_loss_reduction="mean",
     )
     train.check_ctc_fits(labels, model.config.frame_geometry)
     if test is not None:
@@ -122,7 +142,8 @@ def finetune_ctc(
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=_Examples(train, labels), data_collator=CTCCollator(feature_extractor))
+    trainer = Trainer(model=model, args=args, train_dataset=_Examples(train, labels), data_collator=CTCCollator(feature_extractor),
+                      optimizers=(head_and_encoder_optimizer(model, settings), None))  # fmt: skip
     if not progress:  # without bars the Trainer prints every log line instead
         trainer.remove_callback(PrinterCallback)
     trainer.train(resume_from_checkpoint=last if resume else None)
@@ -140,7 +161,10 @@ def finetune_ctc(
         results["error_rate"] = {"metric": "PER" if settings.targets == "phones" else "CER", "initial": initial, "final": final}
     model_out = output_dir / "model"
     save_pretrained_with_code(model, model_out)
-    Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(model_out)
+    try:
+        Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(model_out)
+    except OSError as error:
+        raise write_failure(model_out / "vocab.json", error) from error
     return results
 
 

@@ -37,7 +37,7 @@ class ProbeSettings:
 
     steps: int = 600
     batch_size: int = 8
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-2
     seed: int = 0
 
 
