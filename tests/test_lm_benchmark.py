@@ -83,3 +83,5 @@ def test_demo_lm_stage_scores_every_codebook_layer_beside_its_pnmi(tmp_path, tin
     assert [r["pnmi"] for r in lm_rows] == [r["pnmi"] for r in rows]  # each beside its own units' PNMI
     assert all(0 <= r["lexical"] <= 1 and 0 <= r["syntactic"] <= 1 for r in lm_rows)
     assert len(lm_table(lm_rows).splitlines()) == 2 + len(lm_rows)
+    n = lm_rows[0]["lexical_ids"], lm_rows[0]["syntactic_ids"]  # the table says how many items each accuracy is over
+    assert all(n) and f"{n[0]} lexical and {n[1]} syntactic items" in lm_table(lm_rows).splitlines()[0]

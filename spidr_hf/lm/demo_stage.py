@@ -114,7 +114,9 @@ def run_lm_stage(out: str | Path, fit: AlignedCorpus, model_dirs: dict[str, str 
         for benchmark in benchmarks:
             names = benchmark_ids(bench, benchmark)
             log_probs = score_items(model, tokenizer, {n: bench_units[i] for n, i in names.items()}, str(source))
-            row[benchmark.name.split("/")[0]] = benchmark_accuracy(benchmark.pairs, log_probs)["sum"]["accuracy"]
+            scored = benchmark_accuracy(benchmark.pairs, log_probs)["sum"]
+            row[benchmark.name.split("/")[0]] = scored["accuracy"]
+            row[benchmark.name.split("/")[0] + "_ids"] = scored["ids"]  # how many items: the accuracy's resolution
         results.append(row)
     return results
 
@@ -123,6 +125,9 @@ def lm_table(rows: list[dict[str, Any]]) -> str:
     """The LM rows as a small table beside PNMI."""
     lines = ["Unit LM (tiny, trained on the units of the k-means training speech) on the synthetic benchmark "
              "(unseen voice; chance = 0.5):", f"{'model':<9}{'units':<16}{'layer':>5}  {'PNMI':>6}  {'lexical':>7}  {'syntactic':>9}"]  # fmt: skip
+    counts = {name: rows[0].get(f"{name}_ids") for name in ("lexical", "syntactic")} if rows else {}
+    if all(counts.values()):  # a few dozen items: one item moves an accuracy by 1/n, so say n
+        lines[0] = lines[0][:-2] + f"; {counts['lexical']} lexical and {counts['syntactic']} syntactic items):"
     for row in rows:
         layer = "" if row["layer"] is None else str(row["layer"])
         lines.append(f"{row['model']:<9}{row['units']:<16}{layer:>5}  {row['pnmi']:>6.3f}  {row['lexical']:>7.3f}  {row['syntactic']:>9.3f}")
