@@ -40,7 +40,7 @@ from typing import IO, Any
 import numpy as np
 
 from .modeling import FrameGeometry
-from .runs import atomic_write, untrusted_pickle_error
+from .runs import atomic_write_text, untrusted_pickle_error
 from .units import deduplicate
 
 SILENCE = "SIL"
@@ -206,7 +206,7 @@ def write_units(path: str | Path, ids: Sequence[str], units: Sequence[Sequence[i
     """Write ``units.jsonl`` (``{"id", "units"}`` per line, what :func:`read_units` reads), atomically."""
     path = Path(path)
     text = "".join(json.dumps({"id": i, "units": np.asarray(u).tolist()}) + "\n" for i, u in zip(ids, units, strict=True))
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write_text(path, text)
     return path
 
 

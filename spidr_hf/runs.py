@@ -182,6 +182,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
             tmp.unlink(missing_ok=True)
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """:func:`atomic_write` of UTF-8 ``text`` (JSON records, JSON lines, score files)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
     """``safetensors.torch.save_file`` with its metadata in sorted order, so the same outputs are the same bytes.
 

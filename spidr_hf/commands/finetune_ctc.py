@@ -8,7 +8,7 @@ from pathlib import Path
 
 from spidr_hf.commands import CommandParser, apply_output_flags, command, positive_float, positive_int
 from spidr_hf.model_dir import check_model_source
-from spidr_hf.runs import atomic_write, prepare_output_dir
+from spidr_hf.runs import atomic_write_text, prepare_output_dir
 
 DESCRIPTION = "fine-tune a SpidR encoder with a CTC head (phones or characters), the wav2vec2 recipe"
 
@@ -72,7 +72,7 @@ def main(argv: list[str]) -> int:
     results = finetune_ctc(args.model_dir, train, args.output_dir, settings, test=test, resume=args.resume,
                            progress=not args.quiet)  # fmt: skip
     text = json.dumps(results, indent=2, ensure_ascii=False) + "\n"
-    atomic_write(args.output_dir / "results.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write_text(args.output_dir / "results.json", text)
     if "error_rate" in results:
         rate = results["error_rate"]
         print(f"{rate['metric']} on {results['test']['utterances']} held-out utterances: "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from spidr_hf.commands import CommandParser, apply_output_flags, command, positive_float, positive_int
 from spidr_hf.model_dir import check_model_source
-from spidr_hf.runs import atomic_write, prepare_output_dir
+from spidr_hf.runs import atomic_write_text, prepare_output_dir
 
 DESCRIPTION = "PER of a linear CTC phone probe on a frozen SpidR's weighted layer sum, next to log-mel"
 
@@ -64,7 +64,7 @@ def main(argv: list[str]) -> int:
     plot_bars(list(weights.values()), list(weights), out / "layer_weights.png", xlabel="layer (0 = transformer input)",
               ylabel="softmax weight", title=f"phone probe: learnt layer weights ({Path(args.model_dir).name})")  # fmt: skip
     text = json.dumps(results, indent=2, ensure_ascii=False) + "\n"
-    atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write_text(out / "results.json", text)
     print(format_probe_table(results))
     print(f"results: {out / 'results.json'}, layer weights: {out / 'layer_weights.png'}")
     return 0

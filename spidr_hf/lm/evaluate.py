@@ -12,7 +12,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from ..extract import ExtractionOptions
-from ..runs import atomic_write, prepare_output_dir
+from ..runs import atomic_write_text, prepare_output_dir
 from .benchmarks import find_benchmarks
 from .scoring import benchmark_accuracy, score_items
 from .tokenizer import num_units_of
@@ -86,8 +86,8 @@ def score_lm(lm_dir: str | os.PathLike, units_source: str | os.PathLike, bench_d
     prepare_output_dir(out, "--output-dir")
     for name, text in lines.items():
         path = out / f"{name.replace('/', '_')}.txt"
-        atomic_write(path, lambda tmp, t=text: Path(tmp).write_text(t, encoding="utf-8"))
-    atomic_write(out / SCORES_FILE, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1) + "\n"))
+        atomic_write_text(path, text)
+    atomic_write_text(out / SCORES_FILE, json.dumps(results, indent=1) + "\n")
     return results
 
 

@@ -27,7 +27,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..runs import atomic_write, prepare_output_dir
+from ..runs import atomic_write_text, prepare_output_dir
 from .data import packed_dataset, read_unit_files, tokenize_sequences
 from .model import PRESETS, build_lm
 from .tokenizer import build_unit_tokenizer, num_units_of
@@ -145,7 +145,7 @@ def train_lm(units_files: Sequence[str | os.PathLike], options: LMTrainingOption
         "final_loss": next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), float("nan")),
         "options": {k: v for k, v in asdict(options).items() if k not in ("output_dir", "progress")},
     }
-    atomic_write(out / TRAINING_RECORD, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
+    atomic_write_text(out / TRAINING_RECORD, json.dumps(record, indent=1) + "\n")
     return record
 
 
