@@ -1,8 +1,9 @@
 """spidr-hf: the SpidR self-supervised speech model as a transformers model.
 
 Importing this package registers ``model_type="spidr"`` with ``AutoConfig``, ``AutoModel``,
-``AutoModelForPreTraining``, ``AutoModelForCTC``, ``AutoModelForAudioClassification`` and
-``AutoFeatureExtractor``.
+``AutoModelForPreTraining``, ``AutoModelForCTC``, ``AutoModelForAudioClassification``,
+``AutoFeatureExtractor`` and ``AutoTokenizer`` (a folder's CTC tokenizer, or an error naming the fix when it
+has none).
 """
 
 from transformers import (
@@ -12,8 +13,10 @@ from transformers import (
     AutoModelForAudioClassification,
     AutoModelForCTC,
     AutoModelForPreTraining,
+    AutoTokenizer,
 )
 
+from .downstream.recognition import SpidRCTCTokenizer
 from .modeling import (
     SpidRConfig,
     SpidRFeatureExtractor,
@@ -36,6 +39,7 @@ AutoModelForPreTraining.register(SpidRConfig, SpidRForPreTraining, exist_ok=True
 AutoModelForCTC.register(SpidRConfig, SpidRForCTC, exist_ok=True)
 AutoModelForAudioClassification.register(SpidRConfig, SpidRForSequenceClassification, exist_ok=True)
 AutoFeatureExtractor.register(SpidRConfig, SpidRFeatureExtractor, exist_ok=True)
+AutoTokenizer.register(SpidRConfig, tokenizer_class=SpidRCTCTokenizer, exist_ok=True)
 register_pipelines()  # pipeline("feature-extraction") builds the audio pipeline for SpidR models only
 
 __all__ = [
@@ -47,6 +51,7 @@ __all__ = [
     "fit_kmeans",
     "predict_units",
     "register_pipelines",
+    "SpidRCTCTokenizer",
     "SpidRConfig",
     "SpidRFeatureExtractor",
     "SpidRForCTC",

@@ -19,8 +19,8 @@ that is not a SpidR model it is the class it replaced, to the letter:
 
 * its component flags are that class's. ``pipeline()`` reads them (``_load_tokenizer`` ...) after
   it has loaded the model, so the tokenizer flag is a property of the dispatcher's metaclass that
-  looks at the model ``pipeline()`` holds: optional for a SpidR model (a speech checkpoint has no
-  tokenizer), the replaced class's own otherwise. A text model whose tokenizer cannot be loaded
+  looks at the model ``pipeline()`` holds: off for a SpidR model (speech needs no tokenizer, and
+  a fine-tuned folder's CTC tokenizer has no use here), the replaced class's own otherwise. A text model whose tokenizer cannot be loaded
   therefore fails exactly as without spidr_hf, with transformers' own error (tested);
 * its ``__new__`` builds a :class:`SpidRFeatureExtractionPipeline` for a SpidR model
   (``model.config.model_type == "spidr"``) and otherwise the replaced class with exactly the
@@ -253,7 +253,7 @@ class _FlagsOfTheModel(type(FeatureExtractionPipeline)):
     def _load_tokenizer(cls) -> bool | None:
         # pipeline() reads the flag (getattr(pipeline_class, "_load_tokenizer")) once its local `model` is loaded
         model = sys._getframe(1).f_locals.get("model")
-        return None if is_spidr_model(model) else cls.fallback._load_tokenizer
+        return False if is_spidr_model(model) else cls.fallback._load_tokenizer
 
 
 class FeatureExtractionDispatcher(FeatureExtractionPipeline, metaclass=_FlagsOfTheModel):

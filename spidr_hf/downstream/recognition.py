@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 import torchaudio
-from transformers import AutoTokenizer, Pipeline, PreTrainedTokenizerBase, pipeline
+from transformers import AutoTokenizer, Pipeline, PreTrainedTokenizerBase, Wav2Vec2CTCTokenizer, pipeline
 
 from ..model_dir import check_model_source, read_spidr_config
 
@@ -33,6 +33,32 @@ def error_rate(hypotheses: list[list[Any]], references: list[list[Any]]) -> floa
     return edits / total
 
 
+def missing_tokenizer_error(folder: Path) -> FileNotFoundError | None:
+    """The error for a model folder that holds no CTC tokenizer, naming the missing files and the fix; None if it has one."""
+    missing = [name for name in TOKENIZER_FILES if not (folder / name).is_file()]
+    if not missing:
+        return None
+    return FileNotFoundError(
+        f"model folder {folder} has no CTC tokenizer ({', '.join(missing)} missing): save one there with "
+        "Wav2Vec2Processor(feature_extractor, tokenizer).save_pretrained(folder), as spidr-hf finetune-ctc does."
+    )
+
+
+class SpidRCTCTokenizer(Wav2Vec2CTCTokenizer):
+    """What `AutoTokenizer` (and so `pipeline("automatic-speech-recognition")`) loads for a SpidR folder
+    that saved no `tokenizer_config.json`: the folder's tokenizer as a plain `Wav2Vec2CTCTokenizer`, or,
+    when the folder has none, a `FileNotFoundError` naming the fix (transformers' own fallback would
+    report a missing sentencepiece instead). Registered for `SpidRConfig` by `import spidr_hf`.
+    """
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+        folder = Path(pretrained_model_name_or_path)
+        if folder.is_dir() and (error := missing_tokenizer_error(folder)) is not None:
+            raise error
+        return Wav2Vec2CTCTokenizer.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+
 def load_ctc_tokenizer(model_dir: str | os.PathLike) -> PreTrainedTokenizerBase:
     """The CTC tokenizer saved in a SpidR model folder, checked against the model's `vocab_size`.
 
@@ -41,12 +67,8 @@ def load_ctc_tokenizer(model_dir: str | os.PathLike) -> PreTrainedTokenizerBase:
         ValueError: the tokenizer's vocabulary and the model's `vocab_size` differ.
     """
     folder = Path(check_model_source(model_dir))
-    missing = [name for name in TOKENIZER_FILES if not (folder / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"model folder {folder} has no CTC tokenizer ({', '.join(missing)} missing): save one there with "
-            "Wav2Vec2Processor(feature_extractor, tokenizer).save_pretrained(folder), as spidr-hf finetune-ctc does."
-        )
+    if (error := missing_tokenizer_error(folder)) is not None:
+        raise error
     tokenizer = AutoTokenizer.from_pretrained(folder)
     vocab_size = read_spidr_config(folder).vocab_size
     if len(tokenizer) != vocab_size:
@@ -65,4 +87,4 @@ def speech_recognizer(model_dir: str | os.PathLike, **kwargs: Any) -> Pipeline:
     return pipeline("automatic-speech-recognition", model=str(model_dir), tokenizer=tokenizer, **kwargs)
 
 
-__all__ = ["error_rate", "greedy_ctc", "load_ctc_tokenizer", "speech_recognizer"]
+__all__ = ["SpidRCTCTokenizer", "error_rate", "greedy_ctc", "load_ctc_tokenizer", "speech_recognizer"]
