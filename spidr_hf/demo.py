@@ -39,6 +39,7 @@ from spidr_hf.audio import load_audio, standardize
 from spidr_hf.lm.demo_stage import LMStageSettings, lm_table, run_lm_stage
 from spidr_hf.model_dir import save_pretrained_with_code
 from spidr_hf.modeling import SAMPLING_RATE
+from spidr_hf.runs import atomic_write_text
 from spidr_hf.synth import synthesize_corpus
 from spidr_hf.training import (
     PretrainingProgress,
@@ -203,7 +204,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
                                      results["rows"], k, LMStageSettings.sized(settings.lm_stage, settings.seed))  # fmt: skip
     results["plots"] = [str(p) for p in write_plots(out / "plots", results, baselines, trained)]
     results["elapsed_seconds"] = round(time.perf_counter() - started, 1)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     print()
     print(report(results))
     if results.get("lm"):

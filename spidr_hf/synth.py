@@ -43,7 +43,7 @@ from .audio import resample
 from .espeak import EspeakError, check_voices, espeak_version, synthesize
 from .modeling import SAMPLING_RATE, FrameGeometry, num_frames
 from .progress import progress_bar
-from .runs import die_with_parent, prepare_output_dir
+from .runs import atomic_write_text, die_with_parent, prepare_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -337,9 +337,7 @@ def item_rows(utt: RenderedUtterance) -> list[str]:
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    atomic_write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
 def _corpus_stats(info: CorpusInfo) -> dict:
@@ -407,13 +405,13 @@ def write_corpus_files(info: CorpusInfo) -> None:
         ],
     )
     _write_jsonl(root / "alignments.jsonl", [{"id": u.id, "phones": u.phones} for u in info.utterances])
-    (root / "phones.txt").write_text("".join(f"{p}\n" for p in info.phones), encoding="utf-8")
+    atomic_write_text(root / "phones.txt", "".join(f"{p}\n" for p in info.phones))
     item_lines = ["#file onset offset #phone prev-phone next-phone speaker"]
     for utt in info.utterances:
         item_lines.extend(item_rows(utt))
-    (root / "phones.item").write_text("\n".join(item_lines) + "\n", encoding="utf-8")
+    atomic_write_text(root / "phones.item", "\n".join(item_lines) + "\n")
     stats = _corpus_stats(info)
-    (root / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_text(root / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
     readme = _README.format(
         version=info.espeak_version,
         seed=info.seed,
@@ -421,7 +419,7 @@ def write_corpus_files(info: CorpusInfo) -> None:
         minutes=info.minutes,
         voices=", ".join(info.voices),
     )
-    (root / "README.md").write_text(readme, encoding="utf-8")
+    atomic_write_text(root / "README.md", readme)
 
 
 def _prepare_output(root: Path, overwrite: bool) -> None:

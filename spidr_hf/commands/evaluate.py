@@ -13,7 +13,7 @@ from spidr_hf import unit_scores
 from spidr_hf.commands import CommandParser, apply_output_flags, command, positive_float, positive_int
 from spidr_hf.errors import UsageError
 from spidr_hf.extract import load_model
-from spidr_hf.runs import missing_reason, prepare_output_dir
+from spidr_hf.runs import atomic_write_text, missing_reason, prepare_output_dir
 from spidr_hf.sources import collect_inputs
 from spidr_hf.unit_scores import AlignedCorpus
 from spidr_hf.units import encoder_of
@@ -232,7 +232,7 @@ def main(argv: list[str]) -> int:
     prepare_output_dir(args.output_dir, "--output-dir")
     if frames is not None:
         write_unit_plots(frames, args.output_dir)
-    (args.output_dir / "metrics.json").write_text(json.dumps(ev.json_ready(metrics), indent=2) + "\n")
+    atomic_write_text(args.output_dir / "metrics.json", json.dumps(ev.json_ready(metrics), indent=2) + "\n")
     print(ev.format_table(metrics))
     print(f"-> {args.output_dir / 'metrics.json'}")
     return 0
@@ -307,7 +307,7 @@ def layer_sweep(args: argparse.Namespace) -> int:
         for row in rows
     ]
     result = {"model": str(args.model), "clusters": k, "num_utterances": len(evaluate.ids), "layers": layer_rows}
-    (args.output_dir / "layer_sweep.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.output_dir / "layer_sweep.json", json.dumps(result, indent=2) + "\n")
     print(sweep_table(rows))
     print(f"-> {args.output_dir / 'layer_sweep.json'}, {args.output_dir / 'layer_sweep.png'}")
     return 0

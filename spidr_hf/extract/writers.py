@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..runs import atomic_write, refuse_other_layout, save_safetensors, write_failure
+from ..runs import atomic_write, atomic_write_text, refuse_other_layout, save_safetensors, write_failure
 from ..sources import AudioItem
 from .encoder import FrameKey
 from .options import ExtractionOptions
@@ -248,7 +248,7 @@ def check_signature(out: Path, options: ExtractionOptions, model_dir: str, write
             logger.info("%s holds no outputs yet: replacing the options of an extraction that wrote none", out)
     if write:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "extraction.json", lambda tmp: Path(tmp).write_text(json.dumps(signature, indent=1) + "\n"))
+        atomic_write_text(out / "extraction.json", json.dumps(signature, indent=1) + "\n")
 
 
 def _holds_outputs(out: Path) -> bool:
@@ -264,4 +264,4 @@ def write_failures(path: Path, failed: list[tuple[str, str]]) -> None:
         path.unlink(missing_ok=True)
         return
     lines = "".join(json.dumps({"path": p, "error": e}) + "\n" for p, e in failed)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(lines))
+    atomic_write_text(path, lines)

@@ -31,7 +31,7 @@ import soundfile as sf
 from ..espeak import check_voices, espeak_version, text_to_phonemes
 from ..modeling import SAMPLING_RATE
 from ..progress import progress_bar
-from ..runs import prepare_output_dir
+from ..runs import atomic_write_text, prepare_output_dir
 from ..synth import make_sentence, render, speaker_name
 
 BENCHMARK_VOICES = ("en-us+m5", "en+f5")
@@ -184,7 +184,7 @@ def synthesize_benchmark(out_dir: str | Path, words: int = 100, sentences: int =
     staging.rmdir()
     record = {"seed": seed, "voices": voices, "lexical_pairs": len(lexical) // 2, "syntactic_pairs": len(syntactic) // 2,
               "words": len({i.row["id"] for i in lexical}), "sentences": sentences, "espeak_ng_version": espeak_version()}  # fmt: skip
-    (root / "benchmark.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(root / "benchmark.json", json.dumps(record, indent=1) + "\n")
     return record
 
 
