@@ -36,6 +36,7 @@ from transformers import set_seed
 
 from spidr_hf import evaluation as ev
 from spidr_hf.audio import load_audio, standardize
+from spidr_hf.espeak import check_voices
 from spidr_hf.lm.demo_stage import LMStageSettings, lm_table, run_lm_stage
 from spidr_hf.model_dir import save_pretrained_with_code
 from spidr_hf.modeling import SAMPLING_RATE
@@ -107,6 +108,7 @@ SCALES: dict[str, dict[str, Any]] = {
 def run_demo(settings: DemoSettings) -> dict[str, Any]:
     """Run the whole demo; returns (and writes) the results."""
     device = demo_device(settings.device)
+    check_voices(dict.fromkeys([*TRAIN_VOICES, *HELDOUT_VOICES]))  # espeak-ng and its voices, before any output
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -108,6 +108,18 @@ def test_demo_on_cuda_without_a_gpu_is_a_user_error(tmp_path, capsys, monkeypatc
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.parametrize("command", [["demo", "--smoke"], ["synth-corpus", "--minutes", "0.1"]])
+def test_missing_espeak_is_one_line_with_the_install_command(command, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("spidr_hf.espeak._library_name", lambda: "libespeak-ng-not-here.so.9")
+    out = tmp_path / "d"
+    argv = [*command, "--output-dir", str(out)] if command[0] == "demo" else [command[0], str(out), *command[1:]]
+    assert cli(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"spidr-hf {command[0]}: error: espeak-ng is not installed; install it: apt-get install espeak-ng"
+    )
+    assert not out.exists()
+
+
 def assert_rows_and_closing_lines(printed: str) -> None:
     for row in (r"baseline\s+logmel k-means", r"baseline\s+mfcc k-means", r"initial\s+head\s+\d",
                 r"trained\s+head\s+\d", r"trained\s+features \+ k-means\s+\d"):  # fmt: skip

@@ -9,6 +9,7 @@ from transformers.utils import logging as transformers_logging
 
 from spidr_hf.commands import CommandParser, apply_output_flags, command, positive_float, positive_int
 from spidr_hf.demo import SCALES, DemoSettings, run_demo
+from spidr_hf.espeak import EspeakError
 from spidr_hf.runs import prepare_output_dir
 
 DESCRIPTION = "pretrain a SpidR on synthetic speech and compare its units with log-mel / MFCC k-means on held-out speech"
@@ -48,7 +49,7 @@ def build_parser() -> CommandParser:
     return parser
 
 
-@command("demo")
+@command("demo", user_errors=(EspeakError,))  # espeak-ng missing or failing
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     given = {name: getattr(args, name) for name in _FLAGS if getattr(args, name) is not None}
