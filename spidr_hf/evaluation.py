@@ -40,7 +40,7 @@ from typing import IO, Any
 import numpy as np
 
 from .modeling import FrameGeometry
-from .runs import atomic_write_text, untrusted_pickle_error
+from .runs import atomic_write_text, quiet_pickle_protocol, untrusted_pickle_error
 from .units import deduplicate
 
 SILENCE = "SIL"
@@ -610,7 +610,8 @@ def load_features(path: str | Path, key: str | None = None):
         tensor = torch.from_numpy(np.load(path))
     else:
         try:
-            tensor = torch.load(path, map_location="cpu", weights_only=True)
+            with quiet_pickle_protocol():
+                tensor = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
             raise untrusted_pickle_error(path) from error
     return tensor.float()

@@ -21,7 +21,7 @@ from transformers.dynamic_module_utils import get_relative_import_files
 
 from . import modeling
 from .modeling import SpidRConfig, SpidRFeatureExtractor, SpidRForPreTraining
-from .runs import untrusted_pickle_error, write_failure
+from .runs import quiet_pickle_protocol, untrusted_pickle_error, write_failure
 
 # What `trust_remote_code=True` loads from a saved directory, without this package.
 AUTO_MAP = {
@@ -236,7 +236,8 @@ def from_pretrained(cls: type, source: str | os.PathLike, **kwargs: Any) -> Any:
     """``cls.from_pretrained(source, **kwargs)``, with a pickle of weights that ``weights_only`` refuses
     reported as a ``ValueError`` naming the file and how to re-save it as safetensors (no traceback)."""
     try:
-        return cls.from_pretrained(source, **kwargs)
+        with quiet_pickle_protocol():
+            return cls.from_pretrained(source, **kwargs)
     except pickle.UnpicklingError as error:
         raise untrusted_pickle_error(weights_file(source)) from error
 

@@ -28,6 +28,7 @@ import re
 import signal
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -162,6 +163,16 @@ def untrusted_pickle_error(path: str | os.PathLike) -> UntrustedPickleError:
         "safetensors: `spidr-hf convert` for a reference checkpoint, or load it with torch.load(..., "
         "weights_only=False) and save_pretrained(folder, safe_serialization=True) for a model folder."
     )
+
+
+@contextlib.contextmanager
+def quiet_pickle_protocol() -> Iterator[None]:
+    """Silence torch's "Detected pickle protocol" warning for the `torch.load(weights_only=True)` calls inside:
+    it only says the file is a bare pickle, which is loaded as tensors or refused by name
+    (:func:`untrusted_pickle_error`) either way, and would otherwise print before that one line."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        yield
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:

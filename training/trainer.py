@@ -51,7 +51,7 @@ from transformers.training_args import ParallelMode
 
 from spidr_hf.model_dir import save_pretrained_with_code, write_model_card
 from spidr_hf.progress import progress_bar
-from spidr_hf.runs import die_with_parent, write_failure
+from spidr_hf.runs import die_with_parent, quiet_pickle_protocol, write_failure
 
 from .arguments import SpidRTrainingArguments
 from .checkpoints import STAGING_FOLDER, checkpoint_problem, last_complete_checkpoint, publish_checkpoint
@@ -486,7 +486,8 @@ class SpidRPretrainer(Trainer):
             if problem is not None:
                 raise ValueError(f"cannot resume from {resume_from_checkpoint}: {problem}.")
         try:
-            return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+            with quiet_pickle_protocol():
+                return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
         except pickle.UnpicklingError as error:  # a checkpoint's optimizer, scheduler or RNG state
             raise ValueError(
                 f"cannot resume from {resume_from_checkpoint}: one of its states (optimizer.pt, scheduler.pt, "
