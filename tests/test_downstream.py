@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from pretrain_worker import micro_model
@@ -93,6 +94,11 @@ def test_transcripts_from_a_saved_dataset(corpora, tmp_path):
     assert load_transcribed(tmp_path / "saved", "phones").transcripts == load_transcribed(corpora / "test").transcripts[:2]
     with pytest.raises(ValueError, match=r"no transcript column 'words' for chars targets; its columns are"):
         load_transcribed(tmp_path / "saved", "chars", text_column="words")
+    in_memory = load_transcribed(dataset, "phones")  # the Dataset object itself, not saved
+    assert in_memory.ids == chars.ids and in_memory.transcripts == load_transcribed(corpora / "test").transcripts[:2]
+    assert all(np.array_equal(a, b) for a, b in zip(in_memory.waves, chars.waves, strict=True))
+    with pytest.raises(TypeError, match="expected a map-style datasets.Dataset"):
+        load_transcribed(dataset.to_iterable_dataset())
 
 
 @needs_espeak

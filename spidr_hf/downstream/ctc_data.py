@@ -5,8 +5,8 @@ Sources:
 * an aligned corpus in the layout ``spidr-hf synth-corpus`` writes: phone targets come from
   ``alignments.jsonl`` (each run of equal frame labels is one phone, silence left out), character
   targets from the ``text`` of ``manifest.jsonl``;
-* a ``datasets`` dataset saved with ``save_to_disk``: an audio column, and a text column
-  (characters) or a phones column (a list of phones, or one string of space-separated phones).
+* a ``datasets.Dataset``, in memory or saved with ``save_to_disk``: an audio column, and a text
+  column (characters) or a phones column (a list of phones, or one string of space-separated phones).
 
 Character targets are lower-cased, with ``|`` between words (the ``Wav2Vec2CTCTokenizer``
 convention); phone targets use a ``Wav2Vec2PhonemeCTCTokenizer``, which keeps multi-letter phones
@@ -16,9 +16,11 @@ whole. Id 0 is ``<pad>``, the CTC blank, and id 1 ``<unk>``.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,27 +82,33 @@ class TranscribedSpeech:
 
 
 def load_transcribed(
-    source: str | Path,
+    source: str | os.PathLike | Any,
     targets: str = "phones",
     max_minutes: float | None = None,
     text_column: str = "text",
     phones_column: str = "phones",
     audio_column: str = "audio",
 ) -> TranscribedSpeech:
-    """The utterances of an aligned corpus folder or a saved dataset, with their `targets`.
+    """The utterances of an aligned corpus folder, a saved dataset or a `datasets.Dataset`, with their `targets`.
 
     Raises:
         FileNotFoundError: `source` does not exist, or a corpus folder lacks the file its targets
             come from (alignments.jsonl for phones, manifest.jsonl for characters).
         ValueError: an unknown `targets`, or an utterance without a transcript.
+        TypeError: `source` is neither a path nor a map-style `datasets.Dataset`.
     """
     if targets not in TARGETS:
         raise ValueError(f"unknown targets {targets!r}: choose one of {', '.join(TARGETS)}.")
+    if not isinstance(source, str | os.PathLike):
+        speech = _from_dataset(source, "the dataset", targets, text_column, phones_column, audio_column)
+        if not speech.ids:
+            raise ValueError("the dataset holds no utterances.")
+        return speech
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"corpus {path} {missing_reason(path)}.")
     if is_saved_dataset(path):
-        speech = _from_dataset(path, targets, text_column, phones_column, audio_column)
+        speech = _from_dataset(_load_saved_dataset(path), str(path), targets, text_column, phones_column, audio_column)
     elif targets == "phones":
         corpus = AlignedCorpus.load(path, max_minutes=max_minutes)
         speech = TranscribedSpeech(str(path), targets, corpus.ids, corpus.waves, [phone_transcript(p) for p in corpus.phones])
@@ -134,19 +142,25 @@ def _chars_of_corpus(root: Path, max_minutes: float | None) -> TranscribedSpeech
     return speech
 
 
-def _from_dataset(path: Path, targets: str, text_column: str, phones_column: str, audio_column: str) -> TranscribedSpeech:
+def _load_saved_dataset(path: Path) -> Any:
     import datasets
 
     loaded = datasets.load_from_disk(str(path))
     if isinstance(loaded, datasets.DatasetDict):
         raise ValueError(f"{path} holds the splits {sorted(loaded)}: save the one split to use (dataset['train'].save_to_disk).")
+    return loaded
+
+
+def _from_dataset(
+    dataset: Any, path: str, targets: str, text_column: str, phones_column: str, audio_column: str
+) -> TranscribedSpeech:
+    dataset = prepare_hf_dataset(dataset, audio_column)  # a TypeError for anything but a map-style Dataset
     column = phones_column if targets == "phones" else text_column
-    if column not in loaded.column_names:
+    if column not in dataset.column_names:
         raise ValueError(
-            f"{path} has no transcript column {column!r} for {targets} targets; its columns are {loaded.column_names}."
+            f"{path} has no transcript column {column!r} for {targets} targets; its columns are {dataset.column_names}."
         )
-    dataset = prepare_hf_dataset(loaded, audio_column)
-    speech = TranscribedSpeech(str(path), targets, [], [], [])
+    speech = TranscribedSpeech(path, targets, [], [], [])
     for row, record in enumerate(dataset):
         value = record[column]
         if targets == "chars":
