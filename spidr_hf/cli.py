@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "synth-corpus": "synth_corpus",
     "probe-phones": "probe_phones",
     "finetune-ctc": "finetune_ctc",
+    "transcribe": "transcribe",
     "demo": "demo",
     "lm-train": "lm_train",
     "lm-score": "lm_score",

@@ -15,6 +15,7 @@ import errno
 import json
 import os
 import pickle
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -361,6 +362,19 @@ def _config_file(**values):
     return lambda env, here: _huge_config(here, **values)
 
 
+def _with_tokenizer(model: str):
+    """A copy of the sweep's `model` folder with a CTC tokenizer of its vocab_size saved beside it."""
+
+    def setup(env, here):
+        from spidr_hf.downstream import build_tokenizer
+
+        shutil.copytree(env[model], here / model)
+        vocab_size = json.loads((here / model / "config.json").read_text())["vocab_size"]
+        build_tokenizer([[f"p{i}" for i in range(vocab_size - 2)]], "phones").save_pretrained(here / model)
+
+    return setup
+
+
 def _pretrain(*flags):
     return lambda env, here: ["pretrain", *flags, "--train-data", env["audio"], "--output-dir", here / "run",
                               "--max-steps", "1", "--quiet"]  # fmt: skip
@@ -437,6 +451,12 @@ OTHER_CASES = [
          here / "ctc"], 2, "num_hidden_layers must be at most", setup=_config_file(num_hidden_layers=10**7)),  # fmt: skip
     Case("finetune-ctc: symlink loop", lambda env, here: ["finetune-ctc", env["model"], env["loop"], "--output-dir",
          here / "ctc"], 2, "loop of symbolic links"),  # fmt: skip
+    Case("transcribe: no tokenizer", lambda env, here: ["transcribe", env["model"], env["audio"], "--output-dir",
+         here / "t"], 2, "has no CTC tokenizer"),  # fmt: skip
+    Case("transcribe: malicious pickle", lambda env, here: ["transcribe", here / "evil", env["audio"], "--output-dir",
+         here / "t"], 2, "weights_only=True", setup=_with_tokenizer("evil")),  # fmt: skip
+    Case("transcribe: symlink loop", lambda env, here: ["transcribe", here / "model", env["loop"], "--output-dir",
+         here / "t"], 2, "loop of symbolic links", setup=_with_tokenizer("model")),  # fmt: skip
     Case("synth-corpus: output is a file", lambda env, here: ["synth-corpus", here / "file", "--minutes", "0.01"], 2,
          "file", setup=_write_file("file", "x")),
     Case("demo: output is a file", lambda env, here: ["demo", "--output-dir", here / "file", "--smoke"], 2, "file",

@@ -9,9 +9,17 @@ from typing import Any
 
 import torch
 import torchaudio
-from transformers import AutoTokenizer, Pipeline, PreTrainedTokenizerBase, Wav2Vec2CTCTokenizer, pipeline
+from transformers import (
+    AutoModelForCTC,
+    AutoTokenizer,
+    Pipeline,
+    PreTrainedTokenizerBase,
+    Wav2Vec2CTCTokenizer,
+    pipeline,
+)
 
-from ..model_dir import check_model_source, read_spidr_config
+from ..model_dir import check_model_source, from_pretrained, read_spidr_config
+from ..pipeline import default_feature_extractor
 
 TOKENIZER_FILES = ("tokenizer_config.json", "vocab.json")
 
@@ -82,9 +90,14 @@ def load_ctc_tokenizer(model_dir: str | os.PathLike) -> PreTrainedTokenizerBase:
 
 def speech_recognizer(model_dir: str | os.PathLike, **kwargs: Any) -> Pipeline:
     """`pipeline("automatic-speech-recognition")` for a fine-tuned SpidR folder, its tokenizer checked first
-    (`load_ctc_tokenizer`); `kwargs` go to `pipeline()` (e.g. `device`)."""
+    (`load_ctc_tokenizer`) and its weights loaded through `model_dir.from_pretrained` (a pickle that
+    `weights_only` refuses is a `ValueError` naming the file); `kwargs` go to `pipeline()` (e.g. `device`)."""
     tokenizer = load_ctc_tokenizer(model_dir)
-    return pipeline("automatic-speech-recognition", model=str(model_dir), tokenizer=tokenizer, **kwargs)
+    folder = check_model_source(model_dir)
+    model = from_pretrained(AutoModelForCTC, folder)
+    feature_extractor = default_feature_extractor(model)  # the saved one, else SpidR's standard one
+    return pipeline("automatic-speech-recognition", model=model, tokenizer=tokenizer,
+                    feature_extractor=feature_extractor, **kwargs)  # fmt: skip
 
 
 __all__ = ["SpidRCTCTokenizer", "error_rate", "greedy_ctc", "load_ctc_tokenizer", "speech_recognizer"]

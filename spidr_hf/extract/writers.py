@@ -87,8 +87,9 @@ class FeatureWriter:
         pass
 
 
-class UnitWriter:
-    """Appends one JSON line per file; knows which ids a previous run already wrote."""
+class JsonlWriter:
+    """Appends one JSON line per file (``id``, ``path`` and its fields); knows which ids a previous run
+    already wrote (:func:`read_done_ids`), so a rerun skips them."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -101,11 +102,10 @@ class UnitWriter:
     def is_done(self, item: AudioItem) -> bool:
         return item.id in self.done
 
-    def write(self, item: AudioItem, units: torch.Tensor) -> None:
-        values = units.tolist()
-        line = {"id": item.id, "path": item.path, "units": values, "num_frames": len(values)}
+    def write_record(self, item: AudioItem, fields: dict) -> None:
+        line = {"id": item.id, "path": item.path, **fields}
         try:
-            self.file.write(json.dumps(line) + "\n")
+            self.file.write(json.dumps(line, ensure_ascii=False) + "\n")
         except OSError as error:
             raise write_failure(self.path, error) from error
         self.done.add(item.id)
@@ -121,6 +121,14 @@ class UnitWriter:
             self.file.close()
         except OSError as error:
             raise write_failure(self.path, error) from error
+
+
+class UnitWriter(JsonlWriter):
+    """One line of units per file: ``{"id", "path", "units", "num_frames"}``."""
+
+    def write(self, item: AudioItem, units: torch.Tensor) -> None:
+        values = units.tolist()
+        self.write_record(item, {"units": values, "num_frames": len(values)})
 
 
 def record_problem(raw: bytes) -> str | None:
