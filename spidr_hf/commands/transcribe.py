@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", required=True, help="transcripts.jsonl (and failures.jsonl) go here")
     parser.add_argument("--chunk-length-s", type=positive_float, default=20.0,
                         help="files longer than this many seconds are transcribed in chunks of it")  # fmt: skip
-    parser.add_argument("--device", help="torch device, e.g. cuda (default: cpu)")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available, else cpu)")
     parser.add_argument("--audio-column", default="audio", help="audio column of saved datasets")
     return parser
 

@@ -14,6 +14,8 @@ import os
 import time
 from collections.abc import Sequence
 
+import torch
+
 from ..audio import AUDIO_EXTENSIONS
 from ..extract.options import ExtractionReport
 from ..extract.writers import JsonlWriter, write_failures
@@ -40,14 +42,14 @@ def transcribe_files(
     """Transcribe every file of `inputs` into `output_dir/transcripts.jsonl` (``{"id", "path", "text"}``).
 
     The model (and its tokenizer), the output folder and the inputs are checked before anything is
-    written.
+    written. `device`: where the model runs (default: cuda when available, else cpu).
 
     Raises:
         FileNotFoundError: no model, no tokenizer in it, or a missing input.
         ValueError: a tokenizer of another size than the model's head, or no audio in the inputs.
     """
     started = time.perf_counter()
-    recognizer = speech_recognizer(model_dir, device=device)
+    recognizer = speech_recognizer(model_dir, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = prepare_output_dir(output_dir, "--output-dir", create=False)
     collected = collect_inputs(inputs, audio_column)
     if not collected.items and not collected.unreadable:
