@@ -1,5 +1,5 @@
 """What a SpidR model is: configuration and frame geometry, encoder, pretraining model, downstream heads,
-feature extractor and the fused codebook kernels.
+feature extractor, the CTC tokenizer's loader and the fused codebook kernels.
 
 Every file here imports only torch, transformers, Triton (guarded) and its siblings, so that the
 folder ships as remote code with every saved model (``spidr_hf.convert.save_pretrained_with_code``).
@@ -30,6 +30,7 @@ from .modeling_spidr_pretraining import (
     SpidRForPreTrainingOutput,
     masked_instance_norm,
 )
+from .tokenization_spidr import SpidRCTCTokenizer
 
 __all__ = [
     "DEFAULT_CONV_KERNEL",
@@ -38,6 +39,7 @@ __all__ = [
     "SAMPLING_RATE",
     "CodebookAssignment",
     "FrameGeometry",
+    "SpidRCTCTokenizer",
     "SpidRConfig",
     "SpidREncoder",
     "SpidRFeatureExtractor",

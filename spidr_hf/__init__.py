@@ -16,9 +16,9 @@ from transformers import (
     AutoTokenizer,
 )
 
-from .downstream.recognition import SpidRCTCTokenizer
 from .modeling import (
     SpidRConfig,
+    SpidRCTCTokenizer,
     SpidRFeatureExtractor,
     SpidRForCTC,
     SpidRForPreTraining,

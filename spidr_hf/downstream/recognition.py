@@ -14,14 +14,12 @@ from transformers import (
     AutoTokenizer,
     Pipeline,
     PreTrainedTokenizerBase,
-    Wav2Vec2CTCTokenizer,
     pipeline,
 )
 
 from ..model_dir import check_model_source, from_pretrained, read_spidr_config
+from ..modeling.tokenization_spidr import missing_tokenizer_error
 from ..pipeline import default_feature_extractor
-
-TOKENIZER_FILES = ("tokenizer_config.json", "vocab.json")
 
 
 def greedy_ctc(logits: torch.Tensor, num_frames: int, blank: int = 0) -> list[int]:
@@ -39,32 +37,6 @@ def error_rate(hypotheses: list[list[Any]], references: list[list[Any]]) -> floa
         raise ValueError("the references hold no tokens: an error rate needs transcribed speech.")
     edits = sum(torchaudio.functional.edit_distance(r, h) for r, h in zip(references, hypotheses, strict=True))
     return edits / total
-
-
-def missing_tokenizer_error(folder: Path) -> FileNotFoundError | None:
-    """The error for a model folder that holds no CTC tokenizer, naming the missing files and the fix; None if it has one."""
-    missing = [name for name in TOKENIZER_FILES if not (folder / name).is_file()]
-    if not missing:
-        return None
-    return FileNotFoundError(
-        f"model folder {folder} has no CTC tokenizer ({', '.join(missing)} missing): save one there with "
-        "Wav2Vec2Processor(feature_extractor, tokenizer).save_pretrained(folder), as spidr-hf finetune-ctc does."
-    )
-
-
-class SpidRCTCTokenizer(Wav2Vec2CTCTokenizer):
-    """What `AutoTokenizer` (and so `pipeline("automatic-speech-recognition")`) loads for a SpidR folder
-    that saved no `tokenizer_config.json`: the folder's tokenizer as a plain `Wav2Vec2CTCTokenizer`, or,
-    when the folder has none, a `FileNotFoundError` naming the fix (transformers' own fallback would
-    report a missing sentencepiece instead). Registered for `SpidRConfig` by `import spidr_hf`.
-    """
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
-        folder = Path(pretrained_model_name_or_path)
-        if folder.is_dir() and (error := missing_tokenizer_error(folder)) is not None:
-            raise error
-        return Wav2Vec2CTCTokenizer.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
 
 def load_ctc_tokenizer(model_dir: str | os.PathLike) -> PreTrainedTokenizerBase:
@@ -100,4 +72,4 @@ def speech_recognizer(model_dir: str | os.PathLike, **kwargs: Any) -> Pipeline:
                     feature_extractor=feature_extractor, **kwargs)  # fmt: skip
 
 
-__all__ = ["SpidRCTCTokenizer", "error_rate", "greedy_ctc", "load_ctc_tokenizer", "speech_recognizer"]
+__all__ = ["error_rate", "greedy_ctc", "load_ctc_tokenizer", "speech_recognizer"]
