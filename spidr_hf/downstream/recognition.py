@@ -9,13 +9,7 @@ from typing import Any
 
 import torch
 import torchaudio
-from transformers import (
-    AutoModelForCTC,
-    AutoTokenizer,
-    Pipeline,
-    PreTrainedTokenizerBase,
-    pipeline,
-)
+from transformers import AutoModelForCTC, AutoTokenizer, Pipeline, PreTrainedTokenizerBase, pipeline
 
 from ..model_dir import check_model_source, from_pretrained, read_spidr_config
 from ..modeling.tokenization_spidr import missing_tokenizer_error
