@@ -177,6 +177,9 @@ def test_finetuning_lowers_the_phone_error_rate(corpora, pretrained_dir, tmp_pat
     # the fresh head inserts phones (PER > 1); emitting nothing scores 1.0. Measured with pretraining seeds 0 / 1:
     # 1.980 -> 0.698 and 2.182 -> 0.659 (the untrained micro model: 0.978 -> 0.858 in 200 steps, 0.933 in 600)
     assert rate["initial"] > 1.0 and rate["final"] < 0.8, rate
+    card = (out / "model" / "README.md").read_text()  # the model card says what it is and how well it did
+    assert "pipeline_tag: automatic-speech-recognition" in card and "spidr-hf transcribe" in card
+    assert f"{rate['initial']:.3f} with the fresh head, {rate['final']:.3f} after fine-tuning" in card
     from spidr_hf.audio import load_audio
     from spidr_hf.downstream import speech_recognizer
 

@@ -1,9 +1,10 @@
 """CTC fine-tuning of a SpidR encoder (`SpidRForCTC`) with transformers' `Trainer`, the wav2vec2 recipe.
 
 The run folder holds `checkpoints/` (the Trainer's, for `resume`), `model/` (the fine-tuned
-model with its remote code and its processor: the SpidR feature extractor and the CTC tokenizer,
-what `pipeline("automatic-speech-recognition")` loads) and `results.json` (the error rate on
-held-out speech before and after fine-tuning).
+model with its remote code, its processor: the SpidR feature extractor and the CTC tokenizer,
+what `pipeline("automatic-speech-recognition")` loads, and a model card saying what it was trained
+on and how well it did) and `results.json` (the error rate on held-out speech before and after
+fine-tuning).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..model_dir import check_model_source, from_pretrained, save_pretrained_with_code
 from ..modeling import SpidRFeatureExtractor, SpidRForCTC
 from ..pipeline import default_feature_extractor
-from ..runs import write_failure
+from ..runs import atomic_write_text, write_failure
 from .ctc_data import CTCCollator, TranscribedSpeech, build_tokenizer, encode_targets
 from .recognition import error_rate, greedy_ctc
 
@@ -165,7 +166,74 @@ def finetune_ctc(
         Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(model_out)
     except OSError as error:
         raise write_failure(model_out / "vocab.json", error) from error
+    atomic_write_text(model_out / "README.md", ctc_model_card(results, str(model_out)))
     return results
 
 
-__all__ = ["FinetuneSettings", "finetune_ctc", "held_out_error_rate", "transcribe_ids"]
+_CTC_CARD = """---
+library_name: transformers
+pipeline_tag: automatic-speech-recognition
+tags:
+- audio
+- speech
+- ctc
+- spidr
+license: cc-by-nc-4.0
+---
+
+# SpidR + CTC ({what})
+
+A SpidR encoder ({base}) fine-tuned with a linear CTC head to emit {what} ({vocab_size} tokens with
+the blank), by `spidr-hf finetune-ctc`: {steps} steps, batch {batch_size}, encoder learning rate
+{learning_rate:g}, head {head_learning_rate:g}, feature encoder {feature_encoder}.
+
+## Facts of this model
+
+- **training speech**: {train}
+- **held-out {metric}** (greedy decoding): {error_rate}
+
+## How to use
+
+```python
+import spidr_hf  # registers SpidR with the Auto classes
+from transformers import pipeline
+
+asr = pipeline("automatic-speech-recognition", model="{path}")
+asr(audio_16khz, chunk_length_s=20)["text"]
+```
+
+or, for files, folders and manifests: `spidr-hf transcribe {path} audio/ --output-dir transcripts`.
+Without the package, `AutoModelForCTC.from_pretrained(path, trust_remote_code=True)` loads the model
+from the code stored in this directory.
+
+## Intended use and limitations
+
+It recognises what its training speech held, no more: the {what} of that corpus, in its voices.
+The error rate above is the one measure of it; greedy decoding, no language model.
+"""
+
+
+def ctc_model_card(results: dict, path: str) -> str:
+    """The model card of a fine-tuned model, from what `finetune_ctc` returns."""
+    settings = results["settings"]
+    rate = results.get("error_rate")
+    train = results["train"]
+    return _CTC_CARD.format(
+        what="phones" if settings["targets"] == "phones" else "characters",
+        base=results["model"],
+        vocab_size=results["vocab_size"],
+        steps=settings["max_steps"],
+        batch_size=settings["batch_size"],
+        learning_rate=settings["learning_rate"],
+        head_learning_rate=settings["head_learning_rate"],
+        feature_encoder="frozen" if settings["freeze_feature_encoder"] else "trained",
+        train=f"{train['utterances']} utterances, {train['minutes']} min of {train['corpus']}",
+        metric=rate["metric"] if rate else "error rate",
+        error_rate=(f"{rate['initial']:.3f} with the fresh head, {rate['final']:.3f} after fine-tuning, on "
+                    f"{results['test']['utterances']} utterances of {results['test']['corpus']}")
+        if rate else "not measured (no --test-corpus)",
+        path=path,
+    )  # fmt: skip
+
+
+__all__ = ["FinetuneSettings", "ctc_model_card", "finetune_ctc", "held_out_error_rate", "transcribe_ids"]
