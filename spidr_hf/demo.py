@@ -40,7 +40,7 @@ from spidr_hf.espeak import check_voices
 from spidr_hf.lm.demo_stage import LMStageSettings, lm_table, run_lm_stage
 from spidr_hf.model_dir import save_pretrained_with_code
 from spidr_hf.modeling import SAMPLING_RATE
-from spidr_hf.runs import atomic_write_text
+from spidr_hf.runs import atomic_write_text, resolve_device
 from spidr_hf.synth import synthesize_corpus
 from spidr_hf.training import (
     PretrainingProgress,
@@ -218,11 +218,9 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
 
 def demo_device(name: str) -> torch.device:
     """The device the demo trains on, checked before anything is rendered."""
-    device = torch.device(name)
+    device = resolve_device(name)
     if device.type not in {"cpu", "cuda"}:
         raise ValueError(f"--device must be cpu or cuda, got {name!r}.")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is visible here; run with --device cpu.")
     return device
 
 

@@ -82,6 +82,20 @@ def exclusive_writer(folder: str | os.PathLike, name: str, what: str) -> Iterato
         lock.release()
 
 
+def resolve_device(name: str | None, flag: str = "--device") -> torch.device:
+    """The torch device `name` (default: cuda when available, else cpu), refused in one line when torch
+    does not know it or when it is a CUDA device and none is visible (``ValueError`` naming `flag`)."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"{flag} {name!r} is not a torch device: give cpu, cuda or cuda:N.") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{flag} {name}: no CUDA device is visible here; run with {flag} cpu.")
+    return device
+
+
 def missing_reason(path: str | os.PathLike) -> str:
     """Why ``path`` cannot be opened, in words: a symbolic link loop, a dangling link, or no such path."""
     path = Path(path)

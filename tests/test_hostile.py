@@ -457,6 +457,13 @@ OTHER_CASES = [
          here / "t"], 2, "weights_only=True", setup=_with_tokenizer("evil")),  # fmt: skip
     Case("transcribe: symlink loop", lambda env, here: ["transcribe", here / "model", env["loop"], "--output-dir",
          here / "t"], 2, "loop of symbolic links", setup=_with_tokenizer("model")),  # fmt: skip
+    Case("transcribe: unknown device", lambda env, here: ["transcribe", here / "model", env["audio"], "--output-dir",
+         here / "t", "--device", "banana"], 2, "is not a torch device", setup=_with_tokenizer("model")),  # fmt: skip
+    Case("transcribe: no GPU", lambda env, here: ["transcribe", here / "model", env["audio"], "--output-dir",
+         here / "t", "--device", "cuda:0"], 2, "no CUDA device is visible here", setup=_with_tokenizer("model"),
+         fault=lambda patch: patch.setattr("torch.cuda.is_available", lambda: False)),  # fmt: skip
+    Case("extract: unknown device", lambda env, here: _extract(env["model"], env["audio"], here / "out", "--device",
+         "banana"), 2, "is not a torch device"),  # fmt: skip
     Case("synth-corpus: output is a file", lambda env, here: ["synth-corpus", here / "file", "--minutes", "0.01"], 2,
          "file", setup=_write_file("file", "x")),
     Case("demo: output is a file", lambda env, here: ["demo", "--output-dir", here / "file", "--smoke"], 2, "file",

@@ -14,14 +14,12 @@ import os
 import time
 from collections.abc import Sequence
 
-import torch
-
 from ..audio import AUDIO_EXTENSIONS
 from ..extract.options import ExtractionReport
 from ..extract.writers import JsonlWriter, write_failures
 from ..modeling import SAMPLING_RATE
 from ..progress import progress_bar
-from ..runs import exclusive_writer, prepare_output_dir
+from ..runs import exclusive_writer, prepare_output_dir, resolve_device
 from ..sources import AudioInputs, collect_inputs
 from .recognition import speech_recognizer
 
@@ -49,7 +47,7 @@ def transcribe_files(
         ValueError: a tokenizer of another size than the model's head, or no audio in the inputs.
     """
     started = time.perf_counter()
-    recognizer = speech_recognizer(model_dir, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    recognizer = speech_recognizer(model_dir, device=resolve_device(device))
     out = prepare_output_dir(output_dir, "--output-dir", create=False)
     collected = collect_inputs(inputs, audio_column)
     if not collected.items and not collected.unreadable:

@@ -11,7 +11,7 @@ from safetensors import SafetensorError
 
 from ..model_dir import check_model_source, from_pretrained
 from ..modeling import FrameGeometry, SpidRForPreTraining, SpidRModel
-from ..runs import UntrustedPickleError
+from ..runs import UntrustedPickleError, resolve_device
 from ..units import encoder_of, frame_mask_of, resolve_layer, select_layer
 from .batching import pad_batch
 from .options import DTYPES
@@ -28,7 +28,7 @@ def load_model(
     ``device`` defaults to CUDA when available; only the encoder runs in ``dtype``: heads and
     codebooks are tiny, and bf16 codewords would move units.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     source = check_model_source(model_dir)
     cls = SpidRForPreTraining if pretraining else SpidRModel
     try:
