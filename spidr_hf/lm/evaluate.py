@@ -12,7 +12,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from ..extract import ExtractionOptions
-from ..runs import atomic_write_text, prepare_output_dir
+from ..runs import atomic_write_text, prepare_output_dir, resolve_device
 from .benchmarks import find_benchmarks
 from .scoring import benchmark_accuracy, score_items
 from .tokenizer import num_units_of
@@ -41,9 +41,10 @@ def load_lm(lm_dir: str | os.PathLike, device: str | None = None) -> tuple[Any, 
     for name in ("config.json", "tokenizer.json"):
         if not (lm_dir / name).is_file():
             raise FileNotFoundError(f"{lm_dir} is not an LM folder (no {name}): give the --output-dir of spidr-hf lm-train.")
+    device = resolve_device(device)  # before any loading: a wrong --device is named at once
     tokenizer = AutoTokenizer.from_pretrained(lm_dir)
     model = AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
-    return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval(), tokenizer
+    return model.to(device).eval(), tokenizer
 
 
 def _check_model_units(model_dir: Path, options: LMScoreOptions, num_units: int) -> None:
