@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 
 from .model_dir import save_pretrained_with_code, write_model_card
 from .modeling import SpidRConfig, SpidRForPreTraining
-from .runs import missing_reason, prepare_output_dir, quiet_pickle_protocol, untrusted_pickle_error
+from .runs import UntrustedPickleError, load_weights_only, missing_reason, prepare_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +68,9 @@ def load_reference_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         why = ": it is a folder" if path.is_dir() else f": it {missing_reason(path)}" if path.is_symlink() else ""
         raise FileNotFoundError(f"No checkpoint at {path}{why}.")
     try:
-        with quiet_pickle_protocol():
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(str(untrusted_pickle_error(path))) from err
+        obj = load_weights_only(path)
+    except UntrustedPickleError as err:
+        raise CheckpointError(str(err)) from err
     except Exception as err:  # pickle errors come in many types
         raise CheckpointError(
             f"{path} could not be read as a PyTorch checkpoint with weights_only=True ({err}). "

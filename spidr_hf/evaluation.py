@@ -29,7 +29,6 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import pickle
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from typing import IO, Any
 import numpy as np
 
 from .modeling import FrameGeometry
-from .runs import atomic_write_text, quiet_pickle_protocol, untrusted_pickle_error
+from .runs import atomic_write_text, load_weights_only
 from .units import deduplicate
 
 SILENCE = "SIL"
@@ -609,11 +608,7 @@ def load_features(path: str | Path, key: str | None = None):
     elif path.suffix == ".npy":
         tensor = torch.from_numpy(np.load(path))
     else:
-        try:
-            with quiet_pickle_protocol():
-                tensor = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise untrusted_pickle_error(path) from error
+        tensor = load_weights_only(path)
     return tensor.float()
 
 

@@ -24,6 +24,7 @@ import ctypes
 import errno
 import json
 import os
+import pickle
 import re
 import signal
 import sys
@@ -187,6 +188,16 @@ def quiet_pickle_protocol() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
         yield
+
+
+def load_weights_only(path: str | os.PathLike) -> object:
+    """``torch.load(path, map_location="cpu", weights_only=True)``, quietly (:func:`quiet_pickle_protocol`); a
+    pickle it refuses is raised as :func:`untrusted_pickle_error`, which names the file and the fix."""
+    try:
+        with quiet_pickle_protocol():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise untrusted_pickle_error(path) from error
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:

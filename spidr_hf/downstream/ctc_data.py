@@ -99,15 +99,12 @@ def load_transcribed(
     """
     if targets not in TARGETS:
         raise ValueError(f"unknown targets {targets!r}: choose one of {', '.join(TARGETS)}.")
-    if not isinstance(source, str | os.PathLike):
+    path = Path(source) if isinstance(source, str | os.PathLike) else None
+    if path is None:
         speech = _from_dataset(source, "the dataset", targets, text_column, phones_column, audio_column)
-        if not speech.ids:
-            raise ValueError("the dataset holds no utterances.")
-        return speech
-    path = Path(source)
-    if not path.exists():
+    elif not path.exists():
         raise FileNotFoundError(f"corpus {path} {missing_reason(path)}.")
-    if is_saved_dataset(path):
+    elif is_saved_dataset(path):
         speech = _from_dataset(_load_saved_dataset(path), str(path), targets, text_column, phones_column, audio_column)
     elif targets == "phones":
         corpus = AlignedCorpus.load(path, max_minutes=max_minutes)
@@ -115,7 +112,7 @@ def load_transcribed(
     else:
         speech = _chars_of_corpus(path, max_minutes)
     if not speech.ids:
-        raise ValueError(f"{path} holds no utterances.")
+        raise ValueError(f"{speech.source} holds no utterances.")
     return speech
 
 

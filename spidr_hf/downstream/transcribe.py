@@ -9,21 +9,18 @@ a file that cannot be decoded is reported and listed in ``failures.jsonl``, the 
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Sequence
 
-from ..audio import AUDIO_EXTENSIONS
 from ..extract.options import ExtractionReport
+from ..extract.run import nothing_to_do
 from ..extract.writers import JsonlWriter, write_failures
 from ..modeling import SAMPLING_RATE
 from ..progress import progress_bar
 from ..runs import exclusive_writer, prepare_output_dir, resolve_device
 from ..sources import AudioInputs, collect_inputs
 from .recognition import speech_recognizer
-
-logger = logging.getLogger(__name__)
 
 TRANSCRIPTS_FILE, FAILURES_FILE = "transcripts.jsonl", "failures.jsonl"
 
@@ -51,17 +48,14 @@ def transcribe_files(
     out = prepare_output_dir(output_dir, "--output-dir", create=False)
     collected = collect_inputs(inputs, audio_column)
     if not collected.items and not collected.unreadable:
-        raise ValueError(
-            f"no audio file in {', '.join(map(str, inputs))} (audio files are {', '.join(AUDIO_EXTENSIONS)}; "
-            "manifests list them)."
-        )
+        raise ValueError(nothing_to_do(collected, inputs))
     prepare_output_dir(out, "--output-dir")
     with exclusive_writer(out, "transcribe", "transcripts"):
         writer = JsonlWriter(out / TRANSCRIPTS_FILE)
         todo = [item for item in collected.items if not writer.is_done(item)]
         report = ExtractionReport(skipped=len(collected.items) - len(todo))
         for path, reason in collected.unreadable:
-            _fail(report, path, reason)
+            report.fail(path, OSError(reason))
         try:
             _run(collected.with_items(todo), recognizer, writer, report, chunk_length_s, progress)
         finally:
@@ -78,7 +72,7 @@ def _run(inputs: AudioInputs, recognizer, writer: JsonlWriter, report: Extractio
             try:
                 wave = inputs.decode(item)
             except Exception as error:  # any undecodable file fails alone, named
-                _fail(report, item.path, f"{type(error).__name__}: {error}")
+                report.fail(item.path, error)
                 bar.update(1)
                 continue
             seconds = wave.size / SAMPLING_RATE
@@ -90,11 +84,6 @@ def _run(inputs: AudioInputs, recognizer, writer: JsonlWriter, report: Extractio
             report.audio_seconds += seconds
             bar.update(1)
             bar.set_postfix(failed=len(report.failed))
-
-
-def _fail(report: ExtractionReport, path: str, reason: str) -> None:
-    logger.error("failed: %s: %s", path, reason)
-    report.failed.append((path, reason))
 
 
 __all__ = ["transcribe_files"]

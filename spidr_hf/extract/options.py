@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import torch
 
 from ..units import REPRESENTATIONS
+
+logger = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 """Torch dtypes by their command-line names (compute and storage)."""
@@ -89,6 +92,13 @@ class ExtractionReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     audio_seconds: float = 0.0
     elapsed_seconds: float = 0.0
+
+    def fail(self, path: str, error: Exception, strict: bool = False) -> None:
+        """Log and record that `path` failed with `error`; with `strict`, stop the run (``RuntimeError``)."""
+        logger.error("failed: %s: %s", path, error)
+        self.failed.append((path, f"{type(error).__name__}: {error}"))
+        if strict:
+            raise RuntimeError(f"--strict: stopping at the first failure ({path}: {error})") from error
 
     @property
     def all_failed(self) -> bool:

@@ -55,7 +55,7 @@ def extract(
     shard_items = select_shard(collected.items, options.shard)
     unreadable = select_shard(collected.unreadable, options.shard)
     if not shard_items and not unreadable:
-        raise ValueError(_nothing_to_do(collected, inputs, options.shard))
+        raise ValueError(nothing_to_do(collected, inputs, options.shard))
     if model is None:  # head and codeword units need the pretraining model's heads and codebooks
         model = load_model(model_dir, options.device, options.dtype, options.units in ("head", "codeword"))
     units = UnitComputer.from_options(options, model, model_dir) if options.units else None
@@ -77,7 +77,7 @@ def extract(
         if report.skipped:
             logger.info("skipping %d file(s) already extracted in %s", report.skipped, out)
         for path, reason in unreadable:
-            _fail(report, path, OSError(reason), options.strict)
+            report.fail(path, OSError(reason), options.strict)
         pending, _ = collected.with_items(todo).probe_lengths()  # unreadable headers fail when decoded
         try:
             _run(pending, options, encoder, units, writer, report)
@@ -88,7 +88,7 @@ def extract(
     return report
 
 
-def _nothing_to_do(collected: AudioInputs, inputs: Sequence | AudioInputs, shard: tuple[int, int]) -> str:
+def nothing_to_do(collected: AudioInputs, inputs: Sequence | AudioInputs, shard: tuple[int, int] = (0, 1)) -> str:
     """Why a run has no file to process: no audio in the inputs, or none in this shard."""
     if collected.items:
         return (f"shard {shard[0]}/{shard[1]} holds no file: the inputs have {len(collected.items)} file(s) "
@@ -123,17 +123,17 @@ def _run(
             good = [(item, wave) for item, wave in decoded if not isinstance(wave, Exception)]
             for item, error in decoded:
                 if isinstance(error, Exception):
-                    _fail(report, item.path, error, options.strict)
+                    report.fail(item.path, error, options.strict)
             for item, frames, seconds in _encode(good, encoder, options):
                 if isinstance(frames, Exception):
-                    _fail(report, item.path, frames, options.strict)
+                    report.fail(item.path, frames, options.strict)
                     continue
                 try:
                     writer.write(item, units(frames) if units is not None else frames)
                 except OSError as error:  # a name too long fails its file; a full disk stops the run
                     if not is_per_file_error(error):
                         raise
-                    _fail(report, item.path, error, options.strict)
+                    report.fail(item.path, error, options.strict)
                     continue
                 report.written += 1
                 report.audio_seconds += seconds
@@ -164,9 +164,3 @@ def _encode(
     for (item, wave), frames in zip(good, outputs, strict=True):
         yield item, frames, len(wave) / SAMPLING_RATE
 
-
-def _fail(report: ExtractionReport, path: str, error: Exception, strict: bool) -> None:
-    logger.error("failed: %s: %s", path, error)
-    report.failed.append((path, f"{type(error).__name__}: {error}"))
-    if strict:
-        raise RuntimeError(f"--strict: stopping at the first failure ({path}: {error})") from error
